@@ -1,0 +1,175 @@
+"""Build a fit from the composed config: data -> model -> loss -> optimizer -> scheduler -> loggers."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from framework.data import Dataset, prepare_dataset
+from framework.devices import default_dtype
+from framework.errors import ConfigError, FrameworkError, PluginError
+from framework.registry import Component, Registry
+from framework.schema import TrainerConfig
+from framework.state import LoopState
+
+
+def component_config(node: DictConfig, kind: str, registry: Registry) -> tuple[Component, Any]:
+    """The registered component chosen for ``kind`` and its config as a dataclass instance."""
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    if name is None:
+        raise ConfigError(f"no {kind} is chosen; pick one with {kind}=NAME ({', '.join(registry.names(kind))})")
+    component = registry.get(kind, name)
+    if not isinstance(OmegaConf.to_object(node), component.config):
+        raise ConfigError(
+            f"{kind}.name={name} does not match the {kind} settings chosen; change components "
+            f"with {kind}={name}, not {kind}.name"
+        )
+    return component, OmegaConf.to_object(node)
+
+
+def call_factory(component: Component, config: Any, **context: Any) -> Any:
+    """Call a component's factory; failures other than our own errors name the plugin."""
+    try:
+        return component.factory(config, **context)
+    except FrameworkError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"{component.kind} {component.name!r} from plugin {component.provider} failed to build: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def shape_checked(loss_fn: Callable) -> Callable:
+    """Refuse predictions and targets of different shapes instead of broadcasting them.
+
+    (N,) predictions against (N, 1) targets broadcast to (N, N) and give a wrong loss with only
+    a warning; here it is an error.
+    """
+
+    def checked_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if predictions.shape != targets.shape:
+            raise ConfigError(
+                f"the model's predictions have shape {tuple(predictions.shape)} but the targets have "
+                f"shape {tuple(targets.shape)}; they must match exactly (broadcasting them would "
+                "compute a wrong loss). Check the model's output size and the data's target columns."
+            )
+        return loss_fn(predictions, targets)
+
+    return checked_loss
+
+
+def freeze_parameters(model: torch.nn.Module, patterns: list[str]) -> dict[str, torch.nn.Parameter]:
+    """Freeze parameters whose names match any pattern; return the trainable ones by name."""
+    named = dict(model.named_parameters())
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in named):
+            raise ConfigError(
+                f"trainer.freeze pattern {pattern!r} matches no parameter; parameters: {', '.join(named)}"
+            )
+    trainable = {}
+    for name, parameter in named.items():
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            parameter.requires_grad_(False)
+        elif parameter.requires_grad:
+            trainable[name] = parameter
+    if not trainable:
+        raise ConfigError(f"no parameter is left to train (frozen: {', '.join(named)})")
+    return trainable
+
+
+def build_model(component: Component, config: Any, data: Dataset, dtype: torch.dtype, device) -> torch.nn.Module:
+    with default_dtype(dtype):
+        model = call_factory(component, config, data=data)
+    if not isinstance(model, torch.nn.Module):
+        raise PluginError(
+            f"model {component.name!r} from plugin {component.provider} returned "
+            f"{type(model).__name__}, not a torch.nn.Module"
+        )
+    for name, parameter in model.named_parameters():
+        if not parameter.is_floating_point():
+            raise ConfigError(
+                f"model parameter {name!r} is {parameter.dtype}: integer tensors cannot require "
+                "gradients, so parameters must be floating point"
+            )
+    return model.to(device=device, dtype=dtype)
+
+
+def resolve_max_steps(trainer: TrainerConfig, steps_per_epoch: int) -> int:
+    limits = []
+    if trainer.max_steps is not None:
+        limits.append(trainer.max_steps)
+    if trainer.max_epochs is not None:
+        limits.append(trainer.max_epochs * steps_per_epoch)
+    if not limits:
+        raise ConfigError("set trainer.max_steps or trainer.max_epochs (both are null)")
+    if min(limits) < 1 or trainer.log_every < 1:
+        raise ConfigError("trainer.max_steps, trainer.max_epochs and trainer.log_every must be at least 1")
+    return min(limits)
+
+
+def build_state(
+    cfg: DictConfig,
+    registry: Registry,
+    *,
+    trainer: TrainerConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    task: str | None = None,
+    run_dir: Path | None = None,
+) -> LoopState:
+    """Build every component in order; the caller has already seeded the random generators."""
+    data_component, data_config = component_config(cfg.data, "data", registry)
+    data = prepare_dataset(call_factory(data_component, data_config, dtype=dtype), dtype=dtype, device=device)
+
+    model_component, model_config = component_config(cfg.model, "model", registry)
+    model = build_model(model_component, model_config, data, dtype, device)
+    trainable = freeze_parameters(model, list(trainer.freeze))
+
+    loss_component, loss_config = component_config(cfg.loss, "loss", registry)
+    loss_fn = shape_checked(call_factory(loss_component, loss_config))
+
+    optimizer_component, optimizer_config = component_config(cfg.optimizer, "optimizer", registry)
+    optimizer = call_factory(optimizer_component, optimizer_config, params=list(trainable.values()))
+
+    batch_size = getattr(data_config, "batch_size", None)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"data.batch_size must be at least 1 or null (full batch), got {batch_size}")
+    state = LoopState(
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=None,
+        data=data,
+        trainable=trainable,
+        trainer=trainer,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        shuffle=bool(getattr(data_config, "shuffle", False)),
+        task=task,
+        run_dir=run_dir,
+    )
+    state.max_steps = resolve_max_steps(trainer, state.steps_per_epoch)
+    if state.shuffle:
+        state.shuffle_generator = torch.Generator(device=device)
+        state.shuffle_generator.manual_seed(trainer.seed)
+
+    scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)
+    state.scheduler = call_factory(
+        scheduler_component, scheduler_config, optimizer=optimizer, max_steps=state.max_steps
+    )
+    return state
+
+
+def build_loggers(cfg: DictConfig, registry: Registry, *, run_dir: Path | None) -> dict[str, Any]:
+    """One logger object per entry under ``logger``; each is a plugin for the length of a fit."""
+    loggers = {}
+    for name, node in (cfg.get("logger") or {}).items():
+        component, config = component_config(node, "logger", registry)
+        loggers[name] = call_factory(component, config, run_dir=run_dir, run_config=cfg)
+    return loggers

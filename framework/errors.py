@@ -1,0 +1,56 @@
+"""The errors the framework reports to users.
+
+Each is a user-facing, one-paragraph message: the CLI prints ``str(error)`` and exits non-zero,
+without a traceback unless HYDRA_FULL_ERROR=1 asks for one.
+"""
+
+from __future__ import annotations
+
+
+class FrameworkError(Exception):
+    """Base of every error whose message is meant for the user as it stands."""
+
+    exit_code = 1
+
+
+class ConfigError(FrameworkError):
+    """The composed configuration asks for something that cannot be built."""
+
+    exit_code = 2
+
+
+class DataError(FrameworkError):
+    """The training data is missing, malformed or unusable."""
+
+    exit_code = 3
+
+
+class PluginError(FrameworkError):
+    """A plugin failed to import, register or run; the message names the plugin."""
+
+    exit_code = 4
+
+
+class TrainingError(FrameworkError):
+    """The loop could not go on (for example a loss that is not a finite number)."""
+
+    exit_code = 5
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; the run stops at that step."""
+
+    def __init__(self, step: int, value: float, last_finite_loss: float | None, last_finite_step: int | None):
+        self.step = step
+        self.value = value
+        self.last_finite_loss = last_finite_loss
+        self.last_finite_step = last_finite_step
+        if last_finite_loss is None:
+            before = "no step before it had a finite loss"
+        else:
+            before = f"the last finite loss was {last_finite_loss:.6g} at step {last_finite_step}"
+        super().__init__(
+            f"training diverged: the loss is {value} at step {step} ({before}). "
+            "The run stopped there; what was logged up to that step is kept. "
+            "Try a smaller optimizer.lr, gradient clipping (trainer.grad_clip=1.0) or another optimizer."
+        )

@@ -1,0 +1,147 @@
+"""Every hook the framework calls, in the order it calls them. The docstrings are the contract.
+
+All arguments are keyword-only and opt-in: an implementation names only the arguments it uses, so
+arguments can be added later without breaking anyone. Arguments are never renamed.
+
+Call order for one run::
+
+    framework_components            (once per plugin manager, fills the registry)
+    framework_autograd_functions    (only by the gradcheck helper)
+    framework_configure_step        (once per fit, first non-None wins)
+    framework_fit_start
+    framework_step_end              (every step, only if some plugin implements it)
+    framework_log                   (at logging steps)
+    framework_exception             (only when the fit fails or is interrupted)
+    framework_fit_end               (always, last)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from framework.markers import hookspec
+
+if TYPE_CHECKING:
+    import torch
+
+    from framework.registry import AutogradCheck, Component
+    from framework.state import LoopState
+
+
+# --------------------------------------------------------------------------------------------
+# Registration: what a plugin contributes
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def framework_components() -> list[Component]:
+    """Contribute components: models, losses, optimizers, schedulers, data sources, loggers.
+
+    Called once per plugin manager, after every plugin is registered, for each plugin in turn.
+
+    Return a list of :class:`framework.Component`, each naming its ``kind`` (one of
+    ``framework.KINDS``), its ``name`` (what users type, e.g. ``model=polynomial``), its
+    ``factory`` and its ``config`` dataclass. The dataclass's fields and defaults are the
+    component's settings; they are stored in Hydra's ConfigStore under group = kind and
+    name = name, so ``model=polynomial model.degree=3`` selects and validates them.
+
+    Results are collected from every plugin. Two components with the same kind and name are an
+    error that names both providers. Factories are called as follows (keyword arguments):
+
+    - data: ``factory(config, dtype=torch.dtype)`` returns :class:`framework.Dataset`.
+    - model: ``factory(config, data=Dataset)`` returns a ``torch.nn.Module`` whose
+      ``forward(features)`` gives predictions shaped like ``data.targets``.
+    - loss: ``factory(config)`` returns ``loss(predictions, targets) -> scalar tensor``.
+    - optimizer: ``factory(config, params=list)`` returns a ``torch.optim.Optimizer``.
+    - scheduler: ``factory(config, optimizer=Optimizer, max_steps=int)`` returns an object
+      with ``step()`` (called after every optimizer step) or ``None`` for a constant rate.
+    - logger: ``factory(config, run_dir=pathlib.Path, run_config=DictConfig)`` returns an
+      object implementing any of the lifecycle hooks below; it is registered as a plugin for
+      the length of one fit, then unregistered.
+    """
+
+
+@hookspec
+def framework_autograd_functions() -> list[AutogradCheck]:
+    """Declare the custom ``torch.autograd.Function`` classes this plugin contributes.
+
+    Called only by the gradcheck helper (``python -m framework.gradcheck`` and
+    :func:`framework.gradcheck.check_all`), never during training. Return a list of
+    :class:`framework.AutogradCheck` (a name, the Function, and a callable making
+    double-precision example inputs). Results are collected from every plugin.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# The fit: from start to end
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def framework_configure_step(state: LoopState) -> Callable[[Any, Any], torch.Tensor] | None:
+    """Return the function that performs one optimizer step.
+
+    Called once at the start of each fit, before ``framework_fit_start``, with the built
+    ``state`` (model, loss function, optimizer and trainer settings). The first non-None result
+    is used; the built-in ``default_step`` plugin is ``trylast`` and steps aside for any other.
+
+    The returned ``step(features, targets)`` must zero the gradients, run forward, the loss and
+    backward inside a closure passed to ``optimizer.step(closure)`` (so closure optimizers such as
+    LBFGS work), and return the loss computed in that step's first forward pass, as a tensor,
+    without synchronising with the device. If it clips gradients it sets ``state.grad_norm``
+    to the norm before clipping. It is called on every step: keep it lean.
+    """
+
+
+@hookspec
+def framework_fit_start(state: LoopState) -> None:
+    """The fit is about to take its first step.
+
+    Called once, after the model, data, optimizer and step function are built and the initial
+    parameters are in place. ``state.step`` is 0. Implementations may read anything on
+    ``state``; they must not replace the model, optimizer or data. Results are ignored.
+    """
+
+
+@hookspec
+def framework_step_end(state: LoopState, loss: torch.Tensor) -> None:
+    """One optimizer step has finished.
+
+    Called after every step, only if some plugin implements this hook (the loop skips it
+    otherwise, so an unused hook costs nothing). ``state.step`` is the number of steps done;
+    ``loss`` is the step's loss as a device tensor: reading it (``.item()``) forces a device
+    synchronisation, so prefer ``framework_log``. Results are ignored.
+    """
+
+
+@hookspec
+def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> None:
+    """Metrics are ready at a logging step.
+
+    Called at step 1, every ``trainer.log_every`` steps, and at the last step. ``step`` is the
+    step number (one step = one optimizer update); ``metrics`` maps TensorBoard tags to plain
+    floats: ``train/loss`` (the loss of that step's forward pass, before its update),
+    ``train/lr`` and ``train/grad_norm``. Parameter values are read from ``state.model``.
+    Implementations must not mutate ``metrics``. Results are ignored.
+    """
+
+
+@hookspec
+def framework_exception(state: LoopState, error: BaseException) -> None:
+    """The fit failed or was interrupted.
+
+    Called once with the exception (a :class:`framework.errors.FrameworkError`, a
+    ``KeyboardInterrupt`` or any other exception) before ``framework_fit_end``. The exception is
+    always re-raised afterwards: an implementation cannot swallow it. Results are ignored.
+    """
+
+
+@hookspec
+def framework_fit_end(state: LoopState, result: dict[str, Any]) -> None:
+    """The fit is over, whether it completed, failed or was interrupted.
+
+    Called exactly once per fit, last. ``result`` holds what ``result.json`` will hold
+    (``task``, ``status``, ``steps``, ``final_loss``, ``params``, ``wall_s``, ``device``,
+    ``stop_reason``). Loggers flush and close here. Implementations must not mutate
+    ``result``. Results are ignored.
+    """

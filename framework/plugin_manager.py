@@ -1,0 +1,151 @@
+"""The plugin manager factory: built-ins, then entry points, one register path for both."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from typing import Any, Iterable
+
+import pluggy
+
+from framework import hookspecs
+from framework.errors import PluginError
+from framework.locations import BUILTIN_PACKAGE, builtin_package
+from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, ENTRY_POINT_GROUP, PROJECT
+from framework.registry import Component, Registry
+
+# The built-in plugin modules of plugins/, in registration order. An in-code list (not entry
+# points) so that an uninstalled checkout works; each is registered exactly like a third-party
+# plugin and can be disabled by this name.
+BUILTIN_PLUGINS = (
+    "default_step",
+    "polynomial_model",
+    "linear_model",
+    "sine_cubic_model",
+    "losses",
+    "optimizers",
+    "schedulers",
+    "synthetic_data",
+    "csv_data",
+    "console_logger",
+    "tensorboard_logger",
+)
+
+
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers where each plugin came from, for error messages."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.origins: dict[str, str] = {}
+
+    def register_plugin(self, plugin: Any, name: str, origin: str) -> None:
+        self.origins[name] = origin
+        try:
+            self.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as error:
+            raise PluginError(f"plugin {self.describe(name)} cannot be registered: {error}") from error
+
+    def check_hooks(self) -> None:
+        """Refuse hook implementations that match no specification (a misspelt hook name)."""
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError as error:
+            raise PluginError(
+                f"plugin {self.describe(error.plugin_name)} implements a hook that does not exist: "
+                f"{error}. Hooks are listed in framework/hookspecs.py."
+            ) from error
+
+    def describe(self, name: str) -> str:
+        return f"{name!r} ({self.origins.get(name, 'registered at run time')})"
+
+
+def disabled_plugins(environ: dict[str, str] | None = None) -> set[str]:
+    """Names listed, comma-separated, in FRAMEWORK_DISABLE_PLUGINS."""
+    value = (os.environ if environ is None else environ).get(DISABLE_PLUGINS_ENV, "")
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def create_plugin_manager(
+    *, load_entry_points: bool | None = None, disabled: Iterable[str] | None = None
+) -> PluginManager:
+    """Build a fresh plugin manager: built-ins, then installed entry points, then check hooks.
+
+    ``load_entry_points`` defaults to on unless FRAMEWORK_DISABLE_PLUGIN_AUTOLOAD is set;
+    ``disabled`` defaults to the names in FRAMEWORK_DISABLE_PLUGINS.
+    """
+    if load_entry_points is None:
+        load_entry_points = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+    blocked = disabled_plugins() if disabled is None else set(disabled)
+    manager = PluginManager()
+    for name in blocked:
+        manager.set_blocked(name)
+
+    package = builtin_package()
+    for name in BUILTIN_PLUGINS:
+        if name in blocked:
+            continue
+        module_name = f"{BUILTIN_PACKAGE}.{name}"
+        module = _import_plugin(lambda: importlib.import_module(module_name), name, "built-in")
+        manager.register_plugin(module, name, f"built-in, {package.__name__}.{name}")
+
+    if load_entry_points:
+        for entry_point, distribution in _entry_points():
+            if entry_point.name in blocked:
+                continue
+            origin = f"from distribution {distribution}"
+            if manager.get_plugin(entry_point.name) is not None:
+                raise PluginError(
+                    f"plugin name {entry_point.name!r} {origin} is already taken by plugin "
+                    f"{manager.describe(entry_point.name)}"
+                )
+            plugin = _import_plugin(entry_point.load, entry_point.name, origin)
+            manager.register_plugin(plugin, entry_point.name, origin)
+
+    manager.check_hooks()
+    return manager
+
+
+def build_registry(manager: PluginManager) -> Registry:
+    """Ask every plugin for its components and fill a registry, naming providers on conflict."""
+    registry = Registry()
+    for impl in manager.hook.framework_components.get_hookimpls():
+        provider = manager.describe(impl.plugin_name)
+        try:
+            components = impl.function()
+        except Exception as error:
+            raise PluginError(
+                f"plugin {provider} failed in framework_components: {type(error).__name__}: {error}"
+            ) from error
+        for component in components or ():
+            if not isinstance(component, Component):
+                raise PluginError(
+                    f"plugin {provider} returned {component!r} from framework_components; "
+                    "expected framework.Component objects"
+                )
+            registry.add(component, provider)
+    return registry
+
+
+def _entry_points():
+    """(entry point, 'dist version') for every installed plugin, each distribution once."""
+    seen = set()
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name in seen:  # the same distribution can be on sys.path twice
+            continue
+        seen.add(name)
+        for entry_point in distribution.entry_points:
+            if entry_point.group == ENTRY_POINT_GROUP:
+                yield entry_point, f"{name} {distribution.version}"
+
+
+def _import_plugin(load, name: str, origin: str):
+    try:
+        return load()
+    except Exception as error:
+        raise PluginError(
+            f'error importing plugin "{name}" ({origin}): {type(error).__name__}: {error}'
+        ) from error

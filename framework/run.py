@@ -1,0 +1,62 @@
+"""One training run from a composed config: seed, build, fit with the loggers attached."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework.build import build_loggers, build_state
+from framework.devices import resolve_device, resolve_dtype, seed_everything
+from framework.errors import ConfigError
+from framework.loop import fit
+from framework.outputs import result_record, write_result
+from framework.plugin_manager import PluginManager
+from framework.registry import Registry
+
+
+def run_training(
+    cfg: DictConfig,
+    *,
+    manager: PluginManager,
+    registry: Registry,
+    run_dir: Path | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """Train once and return what result.json holds; raise FrameworkError on bad input."""
+    started = time.perf_counter()
+    trainer = None
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(
+                f"no value for {', '.join(missing)}; set it on the command line "
+                f"(e.g. {missing[0]}=VALUE) or pick a preset with +task=NAME"
+            )
+        trainer = OmegaConf.to_object(cfg.trainer)
+        device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
+        seed_everything(trainer.seed)
+        state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
+        loggers = build_loggers(cfg, registry, run_dir=run_dir)
+    except BaseException:
+        # Even a run refused before its first step leaves a result.json for sweep summaries.
+        if run_dir is not None:
+            write_result(run_dir, result_record(
+                task=task, status="failed", steps=0, final_loss=None, params=None,
+                wall_s=time.perf_counter() - started,
+                device=trainer.device if trainer else "unknown", stop_reason="error",
+            ))
+        raise
+
+    registered = []
+    try:
+        for name, logger in loggers.items():
+            manager.register_plugin(logger, f"logger.{name}", "logger component")
+            registered.append(f"logger.{name}")
+        manager.check_hooks()
+        return fit(state, manager.hook)
+    finally:
+        for name in registered:
+            manager.unregister(name=name)

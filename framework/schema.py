@@ -1,0 +1,90 @@
+"""Config schemas (dataclasses) and the explicit step that stores them in Hydra's ConfigStore.
+
+Component defaults come from the dataclasses the plugins register; YAML under conf/ only holds
+the primary config and task presets. Each component is stored under group = kind and
+name = component name, with a ``name`` field added so the run's config snapshot says which
+component was chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from framework.registry import KINDS, Registry
+
+SCHEMA_NAME = "framework_schema"
+DEVICES_HELP = "auto | cpu | cuda | cuda:N"
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class TrainerConfig:
+    """``trainer.*``: how the loop runs, whatever the components."""
+
+    max_steps: Optional[int] = 1000  # one step = one optimizer update
+    max_epochs: Optional[int] = None  # one epoch = one pass over the data in batches
+    seed: int = 0  # seeds python, numpy and torch before data and model are built
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | float64: parameters and data
+    log_every: int = 10  # log metrics at step 1, every N steps and at the last step
+    grad_clip: Optional[float] = None  # clip the gradient norm to this value
+    freeze: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names
+    tolerance: Optional[float] = None  # stop once the step's loss is at or below this
+    param_log_limit: int = 4096  # log values of models with at most this many numbers
+
+
+@dataclass
+class DataConfig:
+    """Settings every data component has (its own config dataclass inherits this)."""
+
+    batch_size: Optional[int] = None  # rows per step; null: the full batch every step
+    shuffle: bool = False  # draw minibatches in a new random order every epoch
+
+
+@dataclass
+class FrameworkConfig:
+    """The root of the composed config (the groups are filled by the component entries)."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    logger: Dict[str, Any] = field(default_factory=dict)
+
+
+def named_schema(config_cls: type, name: str) -> type:
+    """The component's dataclass with a ``name`` field fixed to the component's name."""
+    return dataclasses.make_dataclass(
+        config_cls.__name__,
+        [("name", str, field(default=name))],
+        bases=(config_cls,),
+    )
+
+
+def store_configs(registry: Registry, store: ConfigStore | None = None) -> None:
+    """Put the root schema and every registered component into the ConfigStore.
+
+    Groups of our kinds are emptied first, so what is selectable is exactly what the registry
+    holds (the store is a process-wide singleton, and tests build several registries).
+    """
+    store = store or ConfigStore.instance()
+    for kind in KINDS:
+        store.repo.pop(kind, None)
+    store.store(name=SCHEMA_NAME, node=FrameworkConfig)
+    for component in registry:
+        # Loggers are chosen several at a time (logger=[console,tensorboard]); each keeps its
+        # own node under logger.<name>.
+        package = f"logger.{component.name}" if component.kind == "logger" else component.kind
+        store.store(
+            group=component.kind,
+            name=component.name,
+            node=named_schema(component.config, component.name),
+            package=package,
+        )

@@ -1,0 +1,63 @@
+"""The ``console`` logger: a live progress bar on a terminal, a few progress lines otherwise, and
+the final loss and parameters at the end."""
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from framework import Component, hookimpl
+
+log = logging.getLogger("framework")
+
+
+@dataclass
+class ConsoleConfig:
+    progress: bool = True  # live bar (tqdm) when stderr is a terminal
+    lines: int = 10  # progress lines per run when it is not (0: none)
+
+
+class ConsoleLogger:
+    def __init__(self, config: ConsoleConfig) -> None:
+        self.config = config
+        self.bar = None
+        self.next_line_step = 0
+
+    @hookimpl
+    def framework_fit_start(self, state):
+        label = state.task or "run"
+        if self.config.progress and sys.stderr.isatty():
+            # tqdm redraws at most every 0.1 s, whatever the step rate.
+            self.bar = tqdm(total=state.max_steps, desc=label, unit="step", mininterval=0.1,
+                            dynamic_ncols=True, leave=False)
+        log.info("%s: training %s on %s rows for %d steps on %s", label, type(state.model).__name__,
+                 len(state.data), state.max_steps, state.device)
+
+    @hookimpl
+    def framework_log(self, state, step, metrics):
+        loss = metrics["train/loss"]
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
+        elif self.config.lines and step >= self.next_line_step:
+            log.info("step %d/%d  loss %.6g", step, state.max_steps, loss)
+            every = max(1, state.max_steps // self.config.lines)
+            self.next_line_step = (step // every + 1) * every
+
+    @hookimpl
+    def framework_fit_end(self, state, result):
+        if self.bar is not None:
+            self.bar.close()
+        final = result["final_loss"]
+        final_text = "n/a" if final is None else f"{final:.6g}"
+        log.info("%s %s after %d steps (%s) in %.2f s; final loss %s", state.task or "run",
+                 result["status"], result["steps"], result["stop_reason"], result["wall_s"], final_text)
+        for name, value in (result["params"] or {}).items():
+            log.info("  %s = %s", name, value)
+
+
+@hookimpl
+def framework_components():
+    return [Component("logger", "console", lambda config, **context: ConsoleLogger(config), ConsoleConfig,
+                      help="progress on the terminal and the final loss and parameters")]

@@ -1,0 +1,49 @@
+"""The ``linear`` model: y = x W^T + b, with in/out sizes inferred from the data."""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from framework import Component, hookimpl
+from framework_plugins._initial_values import initial_values
+
+
+@dataclass
+class LinearConfig:
+    bias: bool = True
+    # default: torch.nn.Linear's own initialisation; zeros | randn | uniform draw weight then bias
+    init: str = "default"
+    in_features: Optional[int] = None  # null: the number of feature columns
+    out_features: Optional[int] = None  # null: the number of target columns
+
+
+class Linear(torch.nn.Linear):
+    """torch.nn.Linear whose parameters are drawn once, by the chosen initialisation only."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, init: str) -> None:
+        torch.nn.Module.__init__(self)  # skip nn.Linear's own draw: it would shift the RNG stream
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = torch.nn.Parameter(torch.empty(out_features, in_features))
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(out_features))
+        else:
+            self.register_parameter("bias", None)
+        if init == "default":
+            self.reset_parameters()
+            return
+        with torch.no_grad():
+            self.weight.copy_(initial_values(init, (out_features, in_features), setting="model.init"))
+            if self.bias is not None:
+                self.bias.copy_(initial_values(init, (out_features,), setting="model.init"))
+
+
+def build_linear(config: LinearConfig, *, data) -> Linear:
+    in_features = config.in_features or data.features.shape[1]
+    out_features = config.out_features or data.targets.shape[1]
+    return Linear(in_features, out_features, config.bias, config.init)
+
+
+@hookimpl
+def framework_components():
+    return [Component("model", "linear", build_linear, LinearConfig, help="y = x W^T + b")]

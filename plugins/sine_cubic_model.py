@@ -1,0 +1,62 @@
+"""The ``sine_cubic`` model: y = a + b * P3(c + d * x), P3 a custom autograd Function."""
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+
+from framework import AutogradCheck, Component, ConfigError, hookimpl
+
+
+class LegendreP3(torch.autograd.Function):
+    """The Legendre polynomial P3(z) = (5z^3 - 3z) / 2, with its derivative 1.5 (5z^2 - 1)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return 0.5 * (5 * z**3 - 3 * z)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (z,) = ctx.saved_tensors
+        return grad_output * 1.5 * (5 * z**2 - 1)
+
+
+@dataclass
+class SineCubicConfig:
+    init: List[float] = field(default_factory=lambda: [0.0, -1.0, 0.0, 0.3])  # a, b, c, d
+
+
+class SineCubic(torch.nn.Module):
+    def __init__(self, a: float, b: float, c: float, d: float) -> None:
+        super().__init__()
+        for name, value in zip("abcd", (a, b, c, d)):
+            self.register_parameter(name, torch.nn.Parameter(torch.full((), value)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.a + self.b * LegendreP3.apply(self.c + self.d * features)
+
+
+def build_sine_cubic(config: SineCubicConfig, *, data) -> SineCubic:
+    if len(config.init) != 4:
+        raise ConfigError(f"model.init needs the 4 values a, b, c, d; got {list(config.init)}")
+    if data.features.shape[1] != 1:
+        raise ConfigError(f"model=sine_cubic fits one input column, but the data have {data.features.shape[1]}")
+    return SineCubic(*config.init)
+
+
+@hookimpl
+def framework_components():
+    return [Component("model", "sine_cubic", build_sine_cubic, SineCubicConfig,
+                      help="a + b * P3(c + d * x), P3 the Legendre polynomial as an autograd Function")]
+
+
+@hookimpl
+def framework_autograd_functions():
+    return [
+        AutogradCheck(
+            "legendre_p3",
+            LegendreP3,
+            lambda: (torch.linspace(-2.0, 2.0, 25, dtype=torch.float64, requires_grad=True),),
+        )
+    ]

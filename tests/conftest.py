@@ -1,0 +1,76 @@
+"""Shared fixtures: a fresh plugin manager (entry points off), its registry, and config composition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from framework.locations import config_dir
+from framework.plugin_manager import build_registry, create_plugin_manager
+from framework.run import run_training
+from framework.schema import store_configs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def manager():
+    """A fresh plugin manager with the built-ins only: a developer's installed plugins stay out."""
+    return create_plugin_manager(load_entry_points=False, disabled=())
+
+
+@pytest.fixture
+def registry(manager):
+    registry = build_registry(manager)
+    store_configs(registry)
+    return registry
+
+
+@pytest.fixture
+def compose_config(registry):
+    """compose_config(overrides) -> the composed DictConfig, as the CLI would see it."""
+
+    def compose_with(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    yield compose_with
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def train(manager, registry, compose_config):
+    """train(overrides, run_dir=None) -> result dict, through the same run path as the CLI."""
+
+    def train_with(overrides: list[str], run_dir: Path | None = None, task: str | None = None):
+        cfg = compose_config(overrides)
+        return run_training(cfg, manager=manager, registry=registry, run_dir=run_dir, task=task)
+
+    return train_with
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m framework ARGS`` in a subprocess, as a user would."""
+    full_env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "framework", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def recorder(manager):
+    """A Recorder plugin registered on the test's manager (see tests/recorder.py)."""
+    from tests.recorder import Recorder
+
+    plugin = Recorder()
+    manager.register_plugin(plugin, "recorder", "test")
+    return plugin

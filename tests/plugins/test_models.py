@@ -1,0 +1,111 @@
+"""The built-in models: parameter names, initial draws, forward formulas, gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework import ConfigError, Dataset
+from framework.gradcheck import check_all, check_function
+from framework_plugins.linear_model import Linear, LinearConfig, build_linear
+from framework_plugins.polynomial_model import PolynomialConfig, build_polynomial
+from framework_plugins.sine_cubic_model import LegendreP3, SineCubicConfig, build_sine_cubic
+
+ONE_COLUMN = Dataset(torch.zeros(5, 1), torch.zeros(5, 1))
+
+
+def test_polynomial_descending_names_and_draws_coefficients_in_term_order():
+    torch.manual_seed(3)
+    model = build_polynomial(PolynomialConfig(degree=2), data=ONE_COLUMN)
+    torch.manual_seed(3)
+    A, B, C = (torch.randn(()) for _ in range(3))
+    assert [name for name, _ in model.named_parameters()] == ["A", "B", "C"]
+    x = torch.linspace(-2, 2, 7)[:, None]
+    assert torch.equal(model(x), A * x**2 + B * x + C)
+
+
+def test_polynomial_ascending_matches_the_tutorial_expression():
+    model = build_polynomial(PolynomialConfig(degree=3, order="ascending", init="zeros"), data=ONE_COLUMN)
+    assert [name for name, _ in model.named_parameters()] == ["a", "b", "c", "d"]
+    with torch.no_grad():
+        for value, p in zip((0.5, -1.0, 0.25, 2.0), model.parameters()):
+            p.fill_(value)
+    x = torch.linspace(-3, 3, 11)[:, None]
+    assert torch.equal(model(x), 0.5 + -1.0 * x + 0.25 * x**2 + 2.0 * x**3)
+
+
+def test_polynomial_refuses_bad_names_and_several_columns():
+    with pytest.raises(ConfigError, match="3 different names"):
+        build_polynomial(PolynomialConfig(names=["A", "A", "B"]), data=ONE_COLUMN)
+    with pytest.raises(ConfigError, match="use model=linear"):
+        build_polynomial(PolynomialConfig(), data=Dataset(torch.zeros(4, 2), torch.zeros(4, 1)))
+    with pytest.raises(ConfigError, match="not an initialisation"):
+        build_polynomial(PolynomialConfig(init="ones"), data=ONE_COLUMN)
+
+
+def test_linear_infers_sizes_and_default_init_is_torch_nn_linear_s():
+    data = Dataset(torch.zeros(3, 2), torch.zeros(3, 1))
+    torch.manual_seed(1)
+    ours = build_linear(LinearConfig(), data=data)
+    torch.manual_seed(1)
+    theirs = torch.nn.Linear(2, 1)
+    assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+
+
+def test_linear_randn_draws_weight_then_bias_and_nothing_else():
+    data = Dataset(torch.zeros(3, 2), torch.zeros(3, 1))
+    torch.manual_seed(1)
+    model = build_linear(LinearConfig(init="randn"), data=data)
+    after = torch.randn(())
+    torch.manual_seed(1)
+    weight, bias = torch.randn(1, 2), torch.randn(1)
+    assert torch.equal(model.weight, weight) and torch.equal(model.bias, bias)
+    assert torch.equal(after, torch.randn(()))  # the RNG stream is where the plain loop has it
+
+
+def test_linear_without_bias_has_only_a_weight():
+    model = Linear(4, 1, bias=False, init="uniform")
+    assert [name for name, _ in model.named_parameters()] == ["weight"]
+    assert ((model.weight >= 0) & (model.weight < 1)).all()
+
+
+def test_sine_cubic_computes_a_plus_b_p3_of_c_plus_dx():
+    model = build_sine_cubic(SineCubicConfig(init=[0.1, -1.0, 0.2, 0.3]), data=ONE_COLUMN)
+    x = torch.linspace(-3, 3, 9)[:, None]
+    z = 0.2 + 0.3 * x
+    expected = 0.1 + -1.0 * (0.5 * (5 * z**3 - 3 * z))
+    assert torch.allclose(model(x), expected)
+
+
+def test_every_contributed_autograd_function_passes_gradcheck(manager):
+    assert "sine_cubic_model:legendre_p3" in check_all(manager)
+
+
+class TutorialBugP3(torch.autograd.Function):
+    """The tutorial's mistake: backward's constants do not match forward."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return 0.5 * (5 * z**3 - 3 * z)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (z,) = ctx.saved_tensors
+        return grad_output * 1.5 * (5 * z**2 - 3)
+
+
+def test_gradcheck_helper_catches_a_backward_that_does_not_match_forward():
+    z = torch.linspace(-1, 1, 7, dtype=torch.float64, requires_grad=True)
+    check_function(LegendreP3, z)
+    with pytest.raises(AssertionError, match="TutorialBugP3.backward does not match"):
+        check_function(TutorialBugP3, z)
+
+
+def test_gradcheck_command_passes(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "framework.gradcheck"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "legendre_p3" in done.stdout

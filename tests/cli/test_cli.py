@@ -1,0 +1,327 @@
+"""End to end: ``python -m framework ...`` in a subprocess, checked against design.md's public contract
+(the run folder, result.json, TensorBoard tags, exit status and error messages)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.conftest import run_cli
+
+RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason"}
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class Run:
+    """One finished ``python -m framework`` subprocess and its run folder."""
+
+    def __init__(self, process, run_dir: Path) -> None:
+        self.process = process
+        self.run_dir = run_dir
+        self.returncode = process.returncode
+        self.output = process.stdout + process.stderr
+
+    @property
+    def result(self) -> dict:
+        return json.loads((self.run_dir / "result.json").read_text())
+
+    def events(self) -> EventAccumulator:
+        accumulator = EventAccumulator(str(self.run_dir))
+        accumulator.Reload()
+        return accumulator
+
+    def describe(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.process.stdout}\n--- stderr\n{self.process.stderr}"
+
+
+def launch(base: Path, *args: str, env: dict | None = None) -> Run:
+    run_dir = base / "run"
+    process = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=base, env=env)
+    return Run(process, run_dir)
+
+
+def scalars(accumulator: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def shows_number(text: str, value: float, rel: float) -> bool:
+    """Whether ``text`` holds a number equal to ``value`` to ``rel`` (whatever the formatting)."""
+    return any(float(found) == pytest.approx(value, rel=rel) for found in NUMBER.findall(text))
+
+
+def lines_with(text: str, word: str) -> str:
+    return "\n".join(line for line in text.splitlines() if word in line)
+
+
+def assert_refused_cleanly(run: Run, *fragments: str) -> None:
+    """Non-zero exit, a message naming every fragment, no traceback, not the catch-all message."""
+    assert run.returncode != 0, run.describe()
+    assert "Traceback" not in run.output, run.describe()
+    assert "unexpected" not in run.output, run.describe()
+    lowered = run.output.lower()
+    for fragment in fragments:
+        assert fragment.lower() in lowered, f"{fragment!r} not in the message\n{run.describe()}"
+    result_file = run.run_dir / "result.json"
+    if result_file.exists():  # refused runs that got as far as a run folder say so
+        assert run.result["status"] == "failed", run.result
+
+
+def initial_polyfit_loss() -> float:
+    """tasks.md's polyfit, written the tutorial way: the loss of the initial parameters (seed 0)."""
+    torch.manual_seed(0)
+    x = torch.randn(20) * 5
+    y = x**2 + 2 * x + 3
+    A, B, C = torch.randn(()), torch.randn(()), torch.randn(())
+    return torch.nn.functional.mse_loss(A * x**2 + B * x + C, y).item()
+
+
+# ------------------------------------------------------------------------------------ polyfit, one run
+
+
+@pytest.fixture(scope="module")
+def polyfit_run(tmp_path_factory) -> Run:
+    base = tmp_path_factory.mktemp("polyfit")
+    return launch(base, "+task=polyfit", "trainer.max_steps=50", "trainer.log_every=10")
+
+
+def test_polyfit_exits_zero_and_writes_the_run_folder(polyfit_run):
+    run = polyfit_run
+    assert run.returncode == 0, run.describe()
+    assert (run.run_dir / ".hydra" / "config.yaml").is_file()
+    assert list(run.run_dir.glob("*.log")), sorted(p.name for p in run.run_dir.iterdir())
+    top_level = list(run.run_dir.glob("events.out.tfevents.*"))
+    assert top_level, "no TensorBoard event file directly in the run folder"
+    everywhere = list(run.run_dir.rglob("events.out.tfevents.*"))
+    assert {p.parent for p in everywhere} == {run.run_dir}, f"a second TensorBoard run: {everywhere}"
+
+
+def test_polyfit_result_json(polyfit_run):
+    assert polyfit_run.returncode == 0, polyfit_run.describe()
+    result = polyfit_run.result
+    assert set(result) == RESULT_KEYS
+    assert result["task"] == "polyfit"
+    assert result["status"] == "completed"
+    assert result["steps"] == 50
+    assert result["stop_reason"] == "max_steps"
+    assert result["device"] == "cpu"
+    assert set(result["params"]) == {"A", "B", "C"}
+    assert all(isinstance(value, float) for value in result["params"].values())
+    assert isinstance(result["final_loss"], float) and math.isfinite(result["final_loss"])
+    assert result["final_loss"] < initial_polyfit_loss()
+    assert isinstance(result["wall_s"], float) and result["wall_s"] >= 0
+
+
+def test_polyfit_output_shows_final_loss_and_parameters(polyfit_run):
+    result = polyfit_run.result
+    output = polyfit_run.output
+    final_line = lines_with(output, "final loss")
+    assert final_line and shows_number(final_line, result["final_loss"], rel=1e-4), polyfit_run.describe()
+    for name, value in result["params"].items():
+        named = "\n".join(line for line in output.splitlines() if re.search(rf"\b{name}\b", line))
+        assert shows_number(named, value, rel=1e-5), f"parameter {name}={value} not shown\n{output}"
+
+
+def test_polyfit_tensorboard_scalars(polyfit_run):
+    result = polyfit_run.result
+    events = polyfit_run.events()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "params/A", "params/B", "params/C"} <= tags
+
+    logged_steps = [1, 10, 20, 30, 40, 50]
+    loss = scalars(events, "train/loss")
+    assert [step for step, _ in loss] == logged_steps
+    # The loss logged at step 1 is that of the initial parameters, before the first update.
+    assert loss[0][1] == pytest.approx(initial_polyfit_loss(), rel=1e-6)
+    assert all(math.isfinite(value) for _, value in loss)
+    assert loss[-1][1] < loss[0][1]
+
+    assert [step for step, _ in scalars(events, "train/lr")] == logged_steps
+    assert all(value == pytest.approx(0.01) for _, value in scalars(events, "train/lr"))
+    grad_norms = scalars(events, "train/grad_norm")
+    assert [step for step, _ in grad_norms] == logged_steps
+    assert all(math.isfinite(value) and value > 0 for _, value in grad_norms)
+
+    # Parameter values logged at the last step are the final parameters (float32 in TensorBoard).
+    for name, value in result["params"].items():
+        history = scalars(events, f"params/{name}")
+        assert [step for step, _ in history] == logged_steps
+        assert history[-1][1] == pytest.approx(value, rel=1e-6)
+
+
+def test_polyfit_tensorboard_hparams(polyfit_run):
+    result = polyfit_run.result
+    events = polyfit_run.events()
+    content = events.PluginTagToContent("hparams")
+    assert content, "no hparams plugin data"
+    experiments = [plugin_data_pb2.HParamsPluginData.FromString(data).experiment for data in content.values()]
+    metric_names = {info.name.tag for experiment in experiments for info in experiment.metric_infos}
+    hparam_names = {info.name for experiment in experiments for info in experiment.hparam_infos}
+    assert any("final_loss" in name for name in metric_names), metric_names
+    assert "optimizer.lr" in hparam_names, hparam_names
+    # The metric itself, so the HParams tab can compare runs by their final loss.
+    final_tag = next(name for name in metric_names if "final_loss" in name)
+    assert scalars(events, final_tag)[-1][1] == pytest.approx(result["final_loss"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- linear: integer data, log_every=1
+
+
+@pytest.fixture(scope="module")
+def linear_run(tmp_path_factory) -> Run:
+    base = tmp_path_factory.mktemp("linear")
+    return launch(base, "+task=linear", "trainer.log_every=1", "trainer.max_steps=5")
+
+
+def test_linear_logs_every_step(linear_run):
+    assert linear_run.returncode == 0, linear_run.describe()
+    loss = scalars(linear_run.events(), "train/loss")
+    assert [step for step, _ in loss] == [1, 2, 3, 4, 5]
+    # W = b = 0 at the start: the step-1 loss is mean(y**2) = (9 + 25 + 49 + 81) / 4.
+    assert loss[0][1] == pytest.approx(41.0, rel=1e-6)
+    assert all(later < earlier for (_, earlier), (_, later) in zip(loss, loss[1:]))
+
+
+def test_linear_integer_data_are_converted(linear_run):
+    """data.x / data.y are integer lists: the run still trains, in floating point."""
+    assert linear_run.returncode == 0, linear_run.describe()
+    result = linear_run.result
+    assert result["status"] == "completed" and result["steps"] == 5
+    assert isinstance(result["final_loss"], float) and math.isfinite(result["final_loss"])
+    assert 0 < result["final_loss"] < 41.0
+    assert isinstance(result["params"]["weight"][0][0], float)
+    assert isinstance(result["params"]["bias"][0], float)
+
+
+# --------------------------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_with_a_message_naming_the_step(tmp_path):
+    run = launch(tmp_path, "+task=sine", "optimizer.lr=1e-4")
+    assert run.returncode != 0, run.describe()
+    assert "Traceback" not in run.output, run.describe()
+    result = run.result
+    assert result["status"] == "failed"
+    assert result["stop_reason"] == "non_finite_loss"
+    failed_step = result["steps"]
+    assert 1 < failed_step < 2000
+    assert re.search(rf"\bstep {failed_step}\b", run.output), run.describe()
+    assert "diverg" in run.output.lower() or "non-finite" in run.output.lower(), run.describe()
+
+    # What was logged before the failure is kept, and all of it is finite.
+    loss = scalars(run.events(), "train/loss")
+    steps = [step for step, _ in loss]
+    assert 1 in steps and 10 in steps, steps
+    assert all(step < failed_step for step in steps)
+    assert all(math.isfinite(value) for _, value in loss)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# (command-line arguments, where {tmp} is the test's folder; CSV files to write there; what the
+# message must name)
+BAD_INPUTS = [
+    pytest.param(
+        ["+task=polyfit", "model=polynomal"], {},
+        ["polynomal", "linear", "polynomial", "sine_cubic"],
+        id="unknown-model",
+    ),
+    pytest.param(
+        ["+task=polyfit", "model.degre=3"], {},
+        ["degre", "degree"],
+        id="misspelt-key",
+    ),
+    pytest.param(
+        ["+task=linear2d", "data=csv", "data.path=missing.csv"], {},
+        ["missing.csv"],
+        id="missing-csv",
+    ),
+    pytest.param(
+        ["+task=linear2d", "data=csv", "data.path={tmp}/bad_cell.csv"],
+        {"bad_cell.csv": "a,b,y\n1,2,2\n1,2,x\n"},
+        ["bad_cell.csv", "line 3"],
+        id="csv-bad-cell",
+    ),
+    pytest.param(
+        ["+task=linear2d", "data=csv", "data.path={tmp}/ragged.csv"],
+        {"ragged.csv": "a,b,y\n1,2,3\n4,5,6\n7,8\n"},
+        ["ragged.csv", "line 4"],
+        id="csv-ragged-row",
+    ),
+    pytest.param(
+        ["+task=linear2d", "model.out_features=2"], {},
+        ["shape", "(3, 2)", "(3, 1)"],
+        id="prediction-target-shape-mismatch",
+    ),
+    pytest.param(
+        ["+task=polyfit", "trainer.dtype=int64"], {},
+        ["int64", "integer", "gradient"],
+        id="integer-dtype",
+    ),
+    pytest.param(
+        ["+task=polyfit", "trainer.device=cuda"], {},
+        ["trainer.device", "cuda", "not available"],
+        id="cuda-without-cuda",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "files", "fragments"), BAD_INPUTS)
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, args, files, fragments):
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    run = launch(tmp_path, *(arg.format(tmp=tmp_path) for arg in args))
+    assert_refused_cleanly(run, *fragments)
+    result_file = run.run_dir / "result.json"
+    if result_file.exists():
+        assert run.result["steps"] == 0, run.result  # refused before any training step
+
+
+def test_full_error_env_shows_the_traceback(tmp_path):
+    run = launch(tmp_path, "+task=polyfit", "trainer.dtype=int64", env={"HYDRA_FULL_ERROR": "1"})
+    assert run.returncode != 0, run.describe()
+    assert "Traceback" in run.output, run.describe()
+    assert "int64" in run.output
+
+
+# ----------------------------------------------------------------------------------- optimizers and data
+
+
+def test_lbfgs_beats_nadam_on_polyfit_in_ten_steps(tmp_path):
+    (tmp_path / "lbfgs").mkdir()
+    (tmp_path / "nadam").mkdir()
+    lbfgs = launch(tmp_path / "lbfgs", "+task=polyfit", "optimizer=lbfgs", "trainer.max_steps=10")
+    nadam = launch(tmp_path / "nadam", "+task=polyfit", "optimizer=nadam", "trainer.max_steps=10")
+    for run in (lbfgs, nadam):
+        assert run.returncode == 0, run.describe()
+        assert run.result["status"] == "completed" and run.result["steps"] == 10
+    assert lbfgs.result["final_loss"] < nadam.result["final_loss"] / 10
+
+
+def test_csv_data_give_the_same_result_as_inline_data(tmp_path):
+    csv_file = write(tmp_path / "points.csv", "a,b,y\n1,2,2\n3,4,4\n5,6,6\n")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "inline").mkdir()
+    from_csv = launch(tmp_path / "csv", "+task=linear2d", "data=csv", f"data.path={csv_file}")
+    inline = launch(tmp_path / "inline", "+task=linear2d")
+    for run in (from_csv, inline):
+        assert run.returncode == 0, run.describe()
+        assert run.result["status"] == "completed" and run.result["steps"] == 100
+    assert from_csv.result["params"] == inline.result["params"]
+    assert from_csv.result["final_loss"] == inline.result["final_loss"]

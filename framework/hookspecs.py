@@ -130,8 +130,9 @@ def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> Non
 def framework_exception(state: LoopState, error: BaseException) -> None:
     """The fit failed or was interrupted.
 
-    Called once with the exception (a :class:`framework.errors.FrameworkError`, a
-    ``KeyboardInterrupt`` or any other exception) before ``framework_fit_end``. The exception is
+    Called once, with ``state`` as it was when the fit stopped and the exception as ``error``
+    (a :class:`framework.errors.FrameworkError`, a ``KeyboardInterrupt`` or any other exception),
+    before ``framework_fit_end``. The exception is
     always re-raised afterwards: an implementation cannot swallow it. Results are ignored.
     """
 
@@ -140,7 +141,7 @@ def framework_exception(state: LoopState, error: BaseException) -> None:
 def framework_fit_end(state: LoopState, result: dict[str, Any]) -> None:
     """The fit is over, whether it completed, failed or was interrupted.
 
-    Called exactly once per fit, last. ``result`` holds what ``result.json`` will hold
+    Called exactly once per fit, last, with the final ``state``. ``result`` holds what ``result.json`` will hold
     (``task``, ``status``, ``steps``, ``final_loss``, ``params``, ``wall_s``, ``device``,
     ``stop_reason``). Loggers flush and close here. Implementations must not mutate
     ``result``. Results are ignored.

@@ -42,11 +42,11 @@ class PluginManager(pluggy.PluginManager):
         self.origins: dict[str, str] = {}
 
     def register_plugin(self, plugin: Any, name: str, origin: str) -> None:
-        self.origins[name] = origin
         try:
             self.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as error:
-            raise PluginError(f"plugin {self.describe(name)} cannot be registered: {error}") from error
+            raise PluginError(f"plugin {name!r} ({origin}) cannot be registered: {error}") from error
+        self.origins[name] = origin
 
     def check_hooks(self) -> None:
         """Refuse hook implementations that match no specification (a misspelt hook name)."""
@@ -54,7 +54,7 @@ class PluginManager(pluggy.PluginManager):
             self.check_pending()
         except pluggy.PluginValidationError as error:
             raise PluginError(
-                f"plugin {self.describe(error.plugin_name)} implements a hook that does not exist: "
+                f"plugin {self.describe(self.get_name(error.plugin))} implements a hook that does not exist: "
                 f"{error}. Hooks are listed in framework/hookspecs.py."
             ) from error
 

@@ -166,10 +166,14 @@ def build_state(
     return state
 
 
-def build_loggers(cfg: DictConfig, registry: Registry, *, run_dir: Path | None) -> dict[str, Any]:
+def build_loggers(
+    cfg: DictConfig, registry: Registry, *, run_dir: Path | None, overrides: list[str]
+) -> dict[str, Any]:
     """One logger object per entry under ``logger``; each is a plugin for the length of a fit."""
     loggers = {}
     for name, node in (cfg.get("logger") or {}).items():
         component, config = component_config(node, "logger", registry)
-        loggers[name] = call_factory(component, config, run_dir=run_dir, run_config=cfg)
+        loggers[name] = call_factory(
+            component, config, run_dir=run_dir, run_config=cfg, run_overrides=overrides
+        )
     return loggers

@@ -8,12 +8,15 @@ gets the full traceback instead.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,16 +25,22 @@ from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.run import run_training
 from framework.schema import store_configs
+from framework.sweeps import SweepSummary, exclude_fixed_overrides, register_resolvers, threads_per_job
 
 log = logging.getLogger("framework")
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 CONFIG_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
+# At import, not in main(): parallel launchers (joblib) name job folders in worker processes,
+# which import this module to run the job but never call main().
+register_resolvers()
+
 
 def main() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
+    sys.argv = [sys.argv[0], *exclude_fixed_overrides(sys.argv[1:])]
     try:
         manager = create_plugin_manager()
         registry = build_registry(manager)
@@ -39,6 +48,9 @@ def main() -> None:
 
         def train(cfg: DictConfig) -> float | None:
             hydra_config = HydraConfig.get()
+            threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
+            if threads:  # parallel jobs share the cores instead of each taking all of them
+                torch.set_num_threads(threads)
             try:
                 result = run_training(
                     cfg,
@@ -46,16 +58,21 @@ def main() -> None:
                     registry=registry,
                     run_dir=Path(hydra_config.runtime.output_dir),
                     task=hydra_config.runtime.choices.get("task"),
+                    overrides=list(hydra_config.overrides.task),
                 )
-            except FrameworkError as error:
-                # Logged here so the run folder's log file holds it too.
-                log.error("%s", error)
-                error.reported = True
+            except Exception as error:
+                report_job_failure(error)
+                if hydra_config.mode == RunMode.MULTIRUN:
+                    # One failed job does not stop the sweep; the summary lists it, and a
+                    # sweeper such as Optuna records a NaN trial as failed and goes on.
+                    return math.nan
                 raise
             return result["final_loss"]  # what sweepers (Optuna) minimise
 
         app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train)
         app()
+        if SweepSummary.failure is not None:
+            raise SweepSummary.failure
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
@@ -74,10 +91,17 @@ def main() -> None:
             os.environ.pop(FULL_ERROR_ENV, None)
 
 
+def report_job_failure(error: Exception) -> None:
+    """Log why a job failed, so the run folder's log file (and a sweep summary) holds it."""
+    log.error("%s", error if isinstance(error, FrameworkError) else f"unexpected {type(error).__name__}: {error}")
+    error.reported = True
+
+
 def describe_error(error: Exception) -> tuple[str | None, int]:
-    """(one-paragraph message or None if already reported, exit status) for any error."""
+    """(one-paragraph message, or None where the job already logged it; exit status)."""
+    reported = getattr(error, "reported", False)
     if isinstance(error, FrameworkError):
-        return (None if getattr(error, "reported", False) else f"error: {error}"), error.exit_code
+        return (None if reported else f"error: {error}"), error.exit_code
     if isinstance(error, (hydra.errors.HydraException, OmegaConfBaseException)):
         parts = [str(error).strip()]
         if isinstance(error.__cause__, OmegaConfBaseException):
@@ -86,11 +110,10 @@ def describe_error(error: Exception) -> tuple[str | None, int]:
         if hint:
             parts.append(hint)
         return "error: " + "\n".join(parts), CONFIG_ERROR_EXIT
-    return (
-        f"error: unexpected {type(error).__name__}: {error}\n"
-        f"Set {FULL_ERROR_ENV}=1 for the full traceback.",
-        1,
-    )
+    hint = f"Set {FULL_ERROR_ENV}=1 for the full traceback."
+    if reported:
+        return hint, 1
+    return f"error: unexpected {type(error).__name__}: {error}\n{hint}", 1
 
 
 def available_keys_hint(error: Exception) -> str | None:

@@ -55,9 +55,10 @@ def framework_components() -> list[Component]:
     - optimizer: ``factory(config, params=list)`` returns a ``torch.optim.Optimizer``.
     - scheduler: ``factory(config, optimizer=Optimizer, max_steps=int)`` returns an object
       with ``step()`` (called after every optimizer step) or ``None`` for a constant rate.
-    - logger: ``factory(config, run_dir=pathlib.Path, run_config=DictConfig)`` returns an
-      object implementing any of the lifecycle hooks below; it is registered as a plugin for
-      the length of one fit, then unregistered.
+    - logger: ``factory(config, run_dir=pathlib.Path | None, run_config=DictConfig,
+      run_overrides=list[str])`` returns an object implementing any of the lifecycle hooks
+      below; it is registered as a plugin for the length of one fit, then unregistered.
+      ``run_overrides`` are the job's command-line overrides (``["optimizer=adam", ...]``).
     """
 
 

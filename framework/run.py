@@ -24,6 +24,7 @@ def run_training(
     registry: Registry,
     run_dir: Path | None = None,
     task: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train once and return what result.json holds; raise FrameworkError on bad input."""
     started = time.perf_counter()
@@ -39,7 +40,7 @@ def run_training(
         device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
         seed_everything(trainer.seed)
         state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
-        loggers = build_loggers(cfg, registry, run_dir=run_dir)
+        loggers = build_loggers(cfg, registry, run_dir=run_dir, overrides=overrides or [])
     except BaseException:
         # Even a run refused before its first step leaves a result.json for sweep summaries.
         if run_dir is not None:

@@ -5,6 +5,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+import torch
 from tqdm import tqdm
 
 from framework import Component, hookimpl
@@ -31,8 +32,9 @@ class ConsoleLogger:
             # tqdm redraws at most every 0.1 s, whatever the step rate.
             self.bar = tqdm(total=state.max_steps, desc=label, unit="step", mininterval=0.1,
                             dynamic_ncols=True, leave=False)
-        log.info("%s: training %s on %s rows for %d steps on %s", label, type(state.model).__name__,
-                 len(state.data), state.max_steps, state.device)
+        log.info("%s: training %s on %s rows for %d steps on %s (%d threads)", label,
+                 type(state.model).__name__, len(state.data), state.max_steps, state.device,
+                 torch.get_num_threads())
 
     @hookimpl
     def framework_log(self, state, step, metrics):

@@ -1,33 +1,67 @@
-"""The ``tensorboard`` logger: train/loss, train/lr, train/grad_norm, params/<name> and hparams,
-written into the run folder itself (the run folder is the TensorBoard run)."""
+"""The ``tensorboard`` logger: train/loss, train/lr, train/grad_norm, params/<name>, figures,
+a custom-scalars layout and the run's hparams, written into the run folder itself (the run
+folder is the TensorBoard run, so a sweep's jobs sit side by side under the sweep folder)."""
 
+from __future__ import annotations
+
+import itertools
 import math
 from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import OmegaConf
 
 from framework import Component, hookimpl
+from framework.registry import KINDS
+
+# The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
+LAYOUT = {
+    "train": {
+        "loss": ["Multiline", ["train/loss"]],
+        "learning rate": ["Multiline", ["train/lr"]],
+        "gradient norm": ["Multiline", ["train/grad_norm"]],
+    },
+    "parameters": {"values": ["Multiline", [r"params/.*"]]},
+}
+SCALAR_TYPES = (bool, int, float, str)
 
 
 @dataclass
 class TensorBoardConfig:
     params: bool = True  # log every parameter value of small models (trainer.param_log_limit)
+    figures: bool = True  # the data and the fit (or each row's residual) in the Images tab
+    figure_every: Optional[int] = None  # also every N steps; null: at the end only
     flush_secs: int = 30
 
 
-def scalar_settings(node, prefix: str) -> dict:
-    """Flatten a config node to {'optimizer.lr': 0.01, ...}, keeping plain scalar values."""
-    flat = {}
-    for key, value in node.items():
-        name = f"{prefix}.{key}"
-        if hasattr(value, "items"):
-            flat.update(scalar_settings(value, name))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-    return flat
+def run_hparams(run_config, overrides: list[str], task: str | None) -> dict:
+    """The main component choices, the learning rate, and every value the command line set."""
+    settings = {"task": task or "none"}
+    for kind in KINDS:
+        node = run_config.get(kind)
+        if kind != "logger" and node is not None and "name" in node:
+            settings[kind] = node.name
+    if "lr" in run_config.optimizer:
+        settings["optimizer.lr"] = run_config.optimizer.lr
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        key = key.lstrip("+~")
+        if key in settings or key.startswith("hydra"):
+            continue
+        value = OmegaConf.select(run_config, key, default=raw)
+        settings[key] = value if isinstance(value, SCALAR_TYPES) else raw
+    return settings
+
+
+def _indices(shape) -> list[str]:
+    """'0_1' style index strings, in flatten order."""
+    return ["_".join(map(str, index)) for index in itertools.product(*(range(size) for size in shape))]
 
 
 class TensorBoardLogger:
-    def __init__(self, config: TensorBoardConfig, run_dir, run_config) -> None:
+    def __init__(self, config: TensorBoardConfig, run_dir, run_config, run_overrides=()) -> None:
         self.config, self.run_dir, self.run_config = config, run_dir, run_config
+        self.run_overrides = list(run_overrides)
         self.writer = None
         self.log_params = False
 
@@ -39,6 +73,7 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=self.config.flush_secs)
+        self.writer.add_custom_scalars(LAYOUT)
         count = sum(p.numel() for p in state.model.parameters())
         self.log_params = self.config.params and count <= state.trainer.param_log_limit
 
@@ -56,23 +91,34 @@ class TensorBoardLogger:
                     continue
                 for index, value in zip(_indices(values.shape), values.flatten().tolist()):
                     self.writer.add_scalar(f"params/{name}/{index}", value, step)
+        every = self.config.figure_every
+        if self.config.figures and every and step % every == 0 and step != state.max_steps:
+            self._figure(state, step, f"step {step}, loss {metrics['train/loss']:.4g}")
 
     @hookimpl
     def framework_fit_end(self, state, result):
         if self.writer is None:
             return
         try:
+            if self.config.figures and result["final_loss"] is not None:
+                self._figure(state, result["steps"], f"step {result['steps']}, final loss {result['final_loss']:.4g}")
             self._write_hparams(state, result)
         finally:
             self.writer.close()  # flushes: points logged before a failure are kept
 
+    def _figure(self, state, step, title):
+        from framework_plugins._figures import fit_figure
+
+        drawn = fit_figure(state.model, state.data.features, state.data.targets, title)
+        if drawn is not None:
+            tag, image = drawn
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
     def _write_hparams(self, state, result):
         from torch.utils.tensorboard.summary import hparams
 
-        settings = {"task": state.task or "none", "status": result["status"]}
-        for kind in ("data", "model", "loss", "optimizer", "scheduler"):
-            settings.update(scalar_settings(self.run_config[kind], kind))
-        settings.update(scalar_settings(self.run_config.trainer, "trainer"))
+        settings = run_hparams(self.run_config, self.run_overrides, state.task)
+        settings.update(status=result["status"], stop_reason=result["stop_reason"] or "none")
         metrics = {"hparams/steps": result["steps"], "hparams/wall_s": result["wall_s"]}
         if result["final_loss"] is not None and math.isfinite(result["final_loss"]):
             metrics["hparams/final_loss"] = result["final_loss"]
@@ -81,13 +127,6 @@ class TensorBoardLogger:
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, result["steps"])
-
-
-def _indices(shape):
-    """'0_1' style index strings, in flatten order."""
-    import itertools
-
-    return ["_".join(map(str, index)) for index in itertools.product(*(range(size) for size in shape))]
 
 
 @hookimpl

@@ -1,0 +1,179 @@
+"""Multirun support: job folders named by their swept values, parallel jobs sharing the cores,
+and a summary of every job when a sweep ends.
+
+Job folders: the CLI adds the keys every job shares (``+task=polyfit``, fixed ``trainer.*``) to
+Hydra's ``override_dirname`` exclusions, so a job's folder, and so its TensorBoard run, is named
+by what the sweep varies: ``optimizer=adam,optimizer.lr=0.01``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from framework.errors import TrainingError
+from framework.outputs import RESULT_FILE
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
+_LOG_ERROR = re.compile(r"\]\[ERROR\] - (.*)$")
+
+
+def exclude_fixed_overrides(args: list[str]) -> list[str]:
+    """For a multirun, add the keys that do not vary to Hydra's folder-name exclusions."""
+    if not any(arg in MULTIRUN_FLAGS for arg in args) or any(arg.startswith(EXCLUDE_KEYS) for arg in args):
+        return args
+    parser = OverridesParser.create()
+    fixed = []
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # Hydra itself reports a malformed override
+            continue
+        if not override.is_sweep_override() and not override.is_hydra_override():
+            fixed.append(override.key_or_group)
+    return [*args, f"{EXCLUDE_KEYS}=[{','.join(fixed)}]"] if fixed else args
+
+
+def job_folder_name(num: Any, overrides: Any, excluded: Any, sweeper: str) -> str:
+    """``optimizer=adam,optimizer.lr=0.01``: the job's overrides that the sweep varies, in
+    command-line order; prefixed with the job number where names may repeat.
+
+    A grid (the basic sweeper) never repeats a combination; a sampling sweeper (Optuna) can, so
+    its jobs keep their number in front and never overwrite each other.
+    """
+    excluded = set(excluded or ())
+    varied = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in excluded]
+    name = ",".join(varied).replace("/", "_").replace("\\", "_")[:200]
+    if not name:
+        return f"job{num}"
+    return name if sweeper == BASIC_SWEEPER else f"{num}_{name}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("framework_job_folder"):
+        OmegaConf.register_new_resolver("framework_job_folder", job_folder_name)
+
+
+def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:
+    """Torch threads for each of ``n_jobs`` parallel jobs (joblib's convention: -1 = all cores)."""
+    if not n_jobs:
+        return None
+    cores = cores or os.cpu_count() or 1
+    workers = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // workers)
+
+
+# --------------------------------------------------------------------------------------------
+# The summary of a finished sweep
+# --------------------------------------------------------------------------------------------
+
+
+def last_logged_error(job_dir: Path) -> str:
+    """The last ERROR record of the job's log: the one-paragraph reason it failed."""
+    message = ""
+    for log_file in job_dir.glob("*.log"):
+        for line in log_file.read_text(errors="replace").splitlines():
+            match = _LOG_ERROR.search(line)
+            if match:
+                message = match.group(1)
+    return message
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder (a folder with Hydra's .hydra/overrides.yaml) under the sweep."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        result_file = job_dir / RESULT_FILE
+        result = yaml.safe_load(result_file.read_text()) if result_file.exists() else {}
+        status = result.get("status", "failed")
+        rows.append({
+            "job": job_dir.name,
+            "status": status,
+            "final_loss": result.get("final_loss"),
+            "steps": result.get("steps"),
+            "wall_s": result.get("wall_s"),
+            "stop_reason": result.get("stop_reason", "no result.json"),
+            "device": result.get("device"),
+            "overrides": " ".join(overrides),
+            "error": last_logged_error(job_dir) if status != "completed" else "",
+        })
+    rows.sort(key=lambda row: (row["final_loss"] is None, row["final_loss"] if row["final_loss"] is not None else 0))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = ("rank", "job", "final_loss", "steps", "wall_s", "stop_reason", "status")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for rank, row in enumerate(rows, 1):
+        lines.append("| " + " | ".join(_cell(rank if c == "rank" else row[c]) for c in columns) + " |")
+    failed = [row for row in rows if row["status"] != "completed"]
+    if failed:
+        lines += ["", "Failed jobs:"] + [f"- {row['job']}: {row['error'] or row['stop_reason']}" for row in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """Write summary.csv and summary.md into the sweep folder; return the Markdown."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row[key] is None else row[key] for key in SUMMARY_COLUMNS})
+    (sweep_dir / "summary.csv").write_text(buffer.getvalue())
+    text = markdown_table(rows)
+    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by final loss, best first.\n\n{text}")
+    return text
+
+
+class SweepFailed(TrainingError):
+    def __init__(self, failed: int, total: int, sweep_dir: Path) -> None:
+        super().__init__(
+            f"{failed} of {total} jobs failed (the others ran to the end); "
+            f"their errors are listed above and in {sweep_dir}/summary.md"
+        )
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a multirun ends, print and save the table of its jobs.
+
+    Hydra turns an exception raised here into a warning, so failed jobs are kept in
+    ``failure`` for the CLI to turn into the exit status.
+    """
+
+    failure: SweepFailed | None = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect_jobs(sweep_dir)
+        if not rows:
+            return
+        text = write_summary(sweep_dir, rows)
+        print(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
+        print(text, end="")
+        failed = [row for row in rows if row["status"] != "completed"]
+        if failed:
+            SweepSummary.failure = SweepFailed(len(failed), len(rows), sweep_dir)

@@ -1,0 +1,81 @@
+"""Sweep helpers: which overrides name a job folder, threads per parallel job, the summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from framework.sweeps import (
+    BASIC_SWEEPER,
+    EXCLUDE_KEYS,
+    collect_jobs,
+    exclude_fixed_overrides,
+    job_folder_name,
+    threads_per_job,
+    write_summary,
+)
+
+
+def test_fixed_overrides_are_excluded_from_folder_names_in_a_multirun():
+    args = ["-m", "+task=polyfit", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1", "trainer.max_steps=20",
+            "hydra/launcher=joblib"]
+    assert exclude_fixed_overrides(args) == [*args, f"{EXCLUDE_KEYS}=[task,trainer.max_steps]"]
+
+
+def test_single_runs_and_explicit_exclusions_are_left_alone():
+    assert exclude_fixed_overrides(["+task=polyfit"]) == ["+task=polyfit"]
+    own = ["-m", "+task=polyfit", f"{EXCLUDE_KEYS}=[seed]"]
+    assert exclude_fixed_overrides(own) == own
+
+
+def test_job_folder_is_named_by_the_varied_overrides_in_command_line_order():
+    overrides = ["+task=polyfit", "optimizer=adam", "optimizer.lr=0.01", "data.path=/a/b.csv"]
+    assert job_folder_name(3, overrides, ["task"], BASIC_SWEEPER) == "optimizer=adam,optimizer.lr=0.01,data.path=_a_b.csv"
+    # A sampling sweeper can repeat values: the job number keeps folders apart.
+    assert job_folder_name(3, overrides[:2], ["task"], "hydra_plugins.optuna.OptunaSweeper") == "3_optimizer=adam"
+    assert job_folder_name(4, ["+task=polyfit"], ["task"], BASIC_SWEEPER) == "job4"
+
+
+@pytest.mark.parametrize("n_jobs, cores, expected", [(2, 2, 1), (2, 8, 4), (-1, 8, 1), (-2, 8, 1), (3, 2, 1), (None, 8, None)])
+def test_parallel_jobs_share_the_cores(n_jobs, cores, expected):
+    assert threads_per_job(n_jobs, cores) == expected
+
+
+def make_job(sweep, name, result, error_line=None, overrides=("x=1",)):
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if result is not None:
+        (job / "result.json").write_text(json.dumps(result))
+    log = "[2026-01-01 00:00:00,000][framework][INFO] - started\n"
+    if error_line:
+        log += f"[2026-01-01 00:00:01,000][framework][ERROR] - {error_line}\n"
+    (job / "framework.log").write_text(log)
+
+
+def result(status, loss, steps=10):
+    return {"task": "t", "status": status, "steps": steps, "final_loss": loss, "params": {},
+            "wall_s": 0.5, "device": "cpu", "stop_reason": "max_steps" if status == "completed" else "error"}
+
+
+def test_summary_sorts_by_final_loss_and_lists_failures_with_their_error(tmp_path):
+    make_job(tmp_path, "lr=0.1", result("completed", 2.5))
+    make_job(tmp_path, "lr=1", result("failed", None, 3), error_line="training diverged at step 3")
+    make_job(tmp_path, "lr=0.01", result("completed", 0.5))
+    make_job(tmp_path, "lr=5", None, error_line="unexpected RuntimeError: boom")
+    rows = collect_jobs(tmp_path)
+    assert [row["job"] for row in rows[:2]] == ["lr=0.01", "lr=0.1"]
+    assert {row["job"] for row in rows[2:]} == {"lr=1", "lr=5"}
+    failed = {row["job"]: row for row in rows if row["status"] != "completed"}
+    assert failed["lr=1"]["error"] == "training diverged at step 3"
+    assert failed["lr=5"]["stop_reason"] == "no result.json"
+
+    text = write_summary(tmp_path, rows)
+    assert "| 1 | lr=0.01 | 0.5 |" in text and "- lr=1: training diverged at step 3" in text
+    assert (tmp_path / "summary.md").read_text().endswith(text)
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["job"] for row in table[:2]] == ["lr=0.01", "lr=0.1"]
+    assert table[0]["final_loss"] == "0.5" and table[0]["overrides"] == "x=1"

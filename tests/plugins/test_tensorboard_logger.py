@@ -1,0 +1,43 @@
+"""The TensorBoard logger's pieces: hparams from the overrides, and figures of the fit."""
+
+from __future__ import annotations
+
+import torch
+
+from framework_plugins._figures import fit_figure
+from framework_plugins.tensorboard_logger import run_hparams
+
+
+def test_hparams_hold_component_choices_lr_and_every_override(compose_config):
+    overrides = ["+task=polyfit", "optimizer=adam", "optimizer.lr=0.05", "trainer.max_steps=7", "model.init=zeros"]
+    cfg = compose_config(overrides)
+    settings = run_hparams(cfg, overrides, "polyfit")
+    assert settings["task"] == "polyfit"
+    assert (settings["model"], settings["loss"], settings["optimizer"], settings["data"]) == (
+        "polynomial", "mse", "adam", "polynomial")
+    assert settings["optimizer.lr"] == 0.05 and settings["trainer.max_steps"] == 7
+    assert settings["model.init"] == "zeros"
+    assert all(isinstance(value, (bool, int, float, str)) for value in settings.values())
+
+
+class Line(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_one_column_data_gets_the_fitted_curve():
+    x = torch.linspace(-1, 1, 30)[:, None]
+    tag, image = fit_figure(Line(), x, 2 * x, "step 1")
+    assert tag == "fit/curve"
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
+    assert image.std() > 0  # something is drawn
+
+
+def test_small_multi_column_data_gets_residuals_and_large_data_nothing():
+    class Sum(torch.nn.Module):
+        def forward(self, x):
+            return x.sum(dim=1, keepdim=True)
+
+    tag, _ = fit_figure(Sum(), torch.eye(4), torch.ones(4, 1), "residuals")
+    assert tag == "fit/residuals"
+    assert fit_figure(Sum(), torch.zeros(500, 3), torch.zeros(500, 1), "big") is None

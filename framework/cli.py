@@ -41,6 +41,7 @@ def main() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
     sys.argv = [sys.argv[0], *exclude_fixed_overrides(sys.argv[1:])]
+    SweepSummary.failure = None
     try:
         manager = create_plugin_manager()
         registry = build_registry(manager)

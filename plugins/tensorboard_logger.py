@@ -123,7 +123,10 @@ class TensorBoardLogger:
         if result["final_loss"] is not None and math.isfinite(result["final_loss"]):
             metrics["hparams/final_loss"] = result["final_loss"]
         # Written through this run's own writer: add_hparams would make a second, timestamped run.
-        for summary in hparams(settings, metrics):
+        # Only the session summaries: TensorBoard builds the experiment (each hparam's values
+        # across runs, the metrics) from all runs, where one run's own would stand for them all.
+        _experiment, session_start, session_end = hparams(settings, metrics)
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, result["steps"])

@@ -163,14 +163,15 @@ def test_polyfit_tensorboard_hparams(polyfit_run):
     events = polyfit_run.events()
     content = events.PluginTagToContent("hparams")
     assert content, "no hparams plugin data"
-    experiments = [plugin_data_pb2.HParamsPluginData.FromString(data).experiment for data in content.values()]
-    metric_names = {info.name.tag for experiment in experiments for info in experiment.metric_infos}
-    hparam_names = {info.name for experiment in experiments for info in experiment.hparam_infos}
-    assert any("final_loss" in name for name in metric_names), metric_names
-    assert "optimizer.lr" in hparam_names, hparam_names
+    data = [plugin_data_pb2.HParamsPluginData.FromString(blob) for blob in content.values()]
+    # Only the session summaries: TensorBoard builds the experiment from all runs of a logdir.
+    assert not any(item.HasField("experiment") for item in data)
+    starts = [item.session_start_info for item in data if item.HasField("session_start_info")]
+    assert len(starts) == 1
+    assert starts[0].hparams["optimizer.lr"].number_value == pytest.approx(0.01)
+    assert starts[0].hparams["task"].string_value == "polyfit"
     # The metric itself, so the HParams tab can compare runs by their final loss.
-    final_tag = next(name for name in metric_names if "final_loss" in name)
-    assert scalars(events, final_tag)[-1][1] == pytest.approx(result["final_loss"], rel=1e-6)
+    assert scalars(events, "hparams/final_loss")[-1][1] == pytest.approx(result["final_loss"], rel=1e-6)
 
 
 # --------------------------------------------------------------------------- linear: integer data, log_every=1

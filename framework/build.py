@@ -23,12 +23,13 @@ def component_config(node: DictConfig, kind: str, registry: Registry) -> tuple[C
     if name is None:
         raise ConfigError(f"no {kind} is chosen; pick one with {kind}=NAME ({', '.join(registry.names(kind))})")
     component = registry.get(kind, name)
-    if not isinstance(OmegaConf.to_object(node), component.config):
+    config = OmegaConf.to_object(node)
+    if not isinstance(config, component.config):
         raise ConfigError(
             f"{kind}.name={name} does not match the {kind} settings chosen; change components "
             f"with {kind}={name}, not {kind}.name"
         )
-    return component, OmegaConf.to_object(node)
+    return component, config
 
 
 def call_factory(component: Component, config: Any, **context: Any) -> Any:

@@ -53,6 +53,15 @@ def test_swapping_in_csv_data_leaves_the_rest_of_the_preset(task, compose_config
     assert cfg.model.name == TASKS[task][1]
 
 
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_swapping_the_model_leaves_the_rest_of_the_preset(task, compose_config, registry):
+    cfg = compose_config([f"+task={task}", "model=linear", "model.init=zeros"])
+    assert cfg.model.name == "linear" and cfg.loss.name == TASKS[task][2]
+    trainer = OmegaConf.to_object(cfg.trainer)
+    state = build_state(cfg, registry, trainer=trainer, device=torch.device("cpu"), dtype=torch.float32)
+    assert state.model(state.data.features).shape == state.data.targets.shape
+
+
 def test_misspelt_key_is_refused_by_name(compose_config):
     from hydra.errors import ConfigCompositionException
 

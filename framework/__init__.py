@@ -8,8 +8,10 @@ A plugin author imports only from here::
 from framework.data import Dataset
 from framework.errors import ConfigError, DataError, FrameworkError, PluginError, TrainingError
 from framework.markers import PROJECT, hookimpl, hookspec
+from framework.outputs import is_small_model
 from framework.registry import KINDS, AutogradCheck, Component
 from framework.schema import DataConfig
+from framework.signature_config import config_from_signature, options
 from framework.state import LoopState
 
 __all__ = [
@@ -25,6 +27,9 @@ __all__ = [
     "LoopState",
     "PluginError",
     "TrainingError",
+    "config_from_signature",
     "hookimpl",
     "hookspec",
+    "is_small_model",
+    "options",
 ]

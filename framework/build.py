@@ -100,16 +100,25 @@ def build_model(component: Component, config: Any, data: Dataset, dtype: torch.d
     return model.to(device=device, dtype=dtype)
 
 
-def resolve_max_steps(trainer: TrainerConfig, steps_per_epoch: int) -> int:
+def steps_per_epoch(rows: int, batch_size: int | None) -> int:
+    if batch_size is None or batch_size >= rows:
+        return 1
+    return -(-rows // batch_size)
+
+
+def resolve_max_steps(trainer: TrainerConfig, per_epoch: int) -> tuple[int, str]:
+    """(step limit, 'max_steps' or 'max_epochs'): whichever limit comes first, as in Lightning."""
+    for key in ("max_steps", "max_epochs", "log_every"):
+        value = getattr(trainer, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"trainer.{key} must be at least 1, got {value}")
     limits = []
     if trainer.max_steps is not None:
-        limits.append(trainer.max_steps)
+        limits.append((trainer.max_steps, "max_steps"))
     if trainer.max_epochs is not None:
-        limits.append(trainer.max_epochs * steps_per_epoch)
+        limits.append((trainer.max_epochs * per_epoch, "max_epochs"))
     if not limits:
         raise ConfigError("set trainer.max_steps or trainer.max_epochs (both are null)")
-    if min(limits) < 1 or trainer.log_every < 1:
-        raise ConfigError("trainer.max_steps, trainer.max_epochs and trainer.log_every must be at least 1")
     return min(limits)
 
 
@@ -125,7 +134,12 @@ def build_state(
 ) -> LoopState:
     """Build every component in order; the caller has already seeded the random generators."""
     data_component, data_config = component_config(cfg.data, "data", registry)
+    batch_size = getattr(data_config, "batch_size", None)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"data.batch_size must be at least 1 or null (full batch), got {batch_size}")
     data = prepare_dataset(call_factory(data_component, data_config, dtype=dtype), dtype=dtype, device=device)
+    per_epoch = steps_per_epoch(len(data), batch_size)
+    max_steps, limit_reason = resolve_max_steps(trainer, per_epoch)
 
     model_component, model_config = component_config(cfg.model, "model", registry)
     model = build_model(model_component, model_config, data, dtype, device)
@@ -137,34 +151,35 @@ def build_state(
     optimizer_component, optimizer_config = component_config(cfg.optimizer, "optimizer", registry)
     optimizer = call_factory(optimizer_component, optimizer_config, params=list(trainable.values()))
 
-    batch_size = getattr(data_config, "batch_size", None)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"data.batch_size must be at least 1 or null (full batch), got {batch_size}")
-    state = LoopState(
+    scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)
+    scheduler = call_factory(scheduler_component, scheduler_config, optimizer=optimizer, max_steps=max_steps)
+
+    shuffle = bool(getattr(data_config, "shuffle", False))
+    shuffle_generator = None
+    if shuffle:
+        shuffle_generator = torch.Generator(device=device)
+        shuffle_generator.manual_seed(trainer.seed)
+    chosen = (data_component, model_component, loss_component, optimizer_component, scheduler_component)
+    return LoopState(
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        scheduler=None,
+        scheduler=scheduler,
         data=data,
         trainable=trainable,
         trainer=trainer,
         device=device,
         dtype=dtype,
         batch_size=batch_size,
-        shuffle=bool(getattr(data_config, "shuffle", False)),
+        steps_per_epoch=per_epoch,
+        shuffle=shuffle,
+        shuffle_generator=shuffle_generator,
+        components={component.kind: component.name for component in chosen},
         task=task,
         run_dir=run_dir,
+        max_steps=max_steps,
+        limit_reason=limit_reason,
     )
-    state.max_steps = resolve_max_steps(trainer, state.steps_per_epoch)
-    if state.shuffle:
-        state.shuffle_generator = torch.Generator(device=device)
-        state.shuffle_generator.manual_seed(trainer.seed)
-
-    scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)
-    state.scheduler = call_factory(
-        scheduler_component, scheduler_config, optimizer=optimizer, max_steps=state.max_steps
-    )
-    return state
 
 
 def build_loggers(

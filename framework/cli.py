@@ -7,6 +7,7 @@ gets the full traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework.errors import FrameworkError
 from framework.locations import config_dir
@@ -46,6 +47,7 @@ def main() -> None:
         manager = create_plugin_manager()
         registry = build_registry(manager)
         store_configs(registry)
+        failed_run: list[Exception] = []  # a single run's error, raised once Hydra is done
 
         def train(cfg: DictConfig) -> float | None:
             hydra_config = HydraConfig.get()
@@ -62,16 +64,22 @@ def main() -> None:
                     overrides=list(hydra_config.overrides.task),
                 )
             except Exception as error:
-                report_job_failure(error)
-                if hydra_config.mode == RunMode.MULTIRUN:
-                    # One failed job does not stop the sweep; the summary lists it, and a
-                    # sweeper such as Optuna records a NaN trial as failed and goes on.
-                    return math.nan
-                raise
+                multirun = hydra_config.mode == RunMode.MULTIRUN
+                report_job_failure(error, on_console=multirun)
+                if multirun:
+                    # One failed job does not stop the sweep: the summary lists it, and a
+                    # sweeper (Optuna) scores it as the worst possible loss and goes on. Not
+                    # NaN: Optuna 2 refuses a NaN value and aborts the whole search.
+                    return math.inf
+                # Raised by main() after Hydra returns, so Hydra adds no report of its own.
+                failed_run.append(error)
+                return None
             return result["final_loss"]  # what sweepers (Optuna) minimise
 
         app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train)
         app()
+        if failed_run:
+            raise failed_run[0]
         if SweepSummary.failure is not None:
             raise SweepSummary.failure
     except KeyboardInterrupt:
@@ -92,10 +100,21 @@ def main() -> None:
             os.environ.pop(FULL_ERROR_ENV, None)
 
 
-def report_job_failure(error: Exception) -> None:
-    """Log why a job failed, so the run folder's log file (and a sweep summary) holds it."""
-    log.error("%s", error if isinstance(error, FrameworkError) else f"unexpected {type(error).__name__}: {error}")
-    error.reported = True
+def report_job_failure(error: Exception, *, on_console: bool) -> None:
+    """Log why a job failed into the run folder's log file (and so a sweep's summary).
+
+    A sweep also shows it on the console as its jobs go; a single run leaves the console to
+    main(), which prints it once, on stderr.
+    """
+    message = str(error) if isinstance(error, FrameworkError) else f"unexpected {type(error).__name__}: {error}"
+    if on_console:
+        log.error("%s", message)
+        error.reported = True
+        return
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def describe_error(error: Exception) -> tuple[str | None, int]:
@@ -104,7 +123,10 @@ def describe_error(error: Exception) -> tuple[str | None, int]:
     if isinstance(error, FrameworkError):
         return (None if reported else f"error: {error}"), error.exit_code
     if isinstance(error, (hydra.errors.HydraException, OmegaConfBaseException)):
-        parts = [str(error).strip()]
+        # Hydra's list of config search paths says nothing a user can act on.
+        # Nor does its advice to append a misspelt key with +, which would only hide the typo.
+        text = str(error).split("Config search path:")[0]
+        parts = ["\n".join(line for line in text.strip().splitlines() if not line.startswith("To append to your config"))]
         if isinstance(error.__cause__, OmegaConfBaseException):
             parts.append(str(error.__cause__).strip())
         hint = available_keys_hint(error)
@@ -119,28 +141,14 @@ def describe_error(error: Exception) -> tuple[str | None, int]:
 
 def available_keys_hint(error: Exception) -> str | None:
     """For a misspelt key (model.degre=3), list the keys that exist beside it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
-
     cause = error.__cause__ if error.__cause__ is not None else error
     if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
         return None
-    full_key = cause.full_key
-    parent, _, leaf = full_key.rpartition(".")
-    # Compose again without the offending override to see what the parent node holds.
-    overrides = [
-        arg for arg in sys.argv[1:]
-        if not arg.startswith("-") and arg.split("=", 1)[0].lstrip("+~") != full_key
-    ]
-    try:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        keys = sorted(str(key) for key in node.keys())
-    except Exception:  # the hint is a courtesy; the error itself is already clear
+    parent, _, leaf = cause.full_key.rpartition(".")
+    if dataclasses.is_dataclass(cause.object_type):
+        keys = [field.name for field in dataclasses.fields(cause.object_type)]
+    elif cause.parent_node is not None:
+        keys = [str(key) for key in cause.parent_node.keys()]
+    else:
         return None
-    where = parent or "the top level"
-    return f"'{leaf}' is not a key of {where}; keys there: {', '.join(keys)}"
+    return f"'{leaf}' is not a key of {parent or 'the top level'}; keys there: {', '.join(sorted(keys))}"

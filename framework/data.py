@@ -30,9 +30,9 @@ class Dataset:
 
 def prepare_dataset(data: Dataset, *, dtype: torch.dtype, device: torch.device) -> Dataset:
     """Check shapes and values, convert to the run's float dtype and move to the device, once."""
-    where = f" ({data.source})" if data.source else ""
     if not isinstance(data, Dataset):
         raise DataError(f"the data component returned {type(data).__name__}, not framework.Dataset")
+    where = f" ({data.source})" if data.source else ""
     columns = {}
     for role, tensor in (("features", data.features), ("targets", data.targets)):
         if not isinstance(tensor, torch.Tensor):

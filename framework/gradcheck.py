@@ -24,31 +24,32 @@ def check_function(function: type, *inputs: torch.Tensor) -> None:
         if isinstance(tensor, torch.Tensor) and tensor.dtype != torch.float64:
             raise ValueError(f"gradcheck {function.__name__}: inputs must be float64, got {tensor.dtype}")
     try:
-        ok = torch.autograd.gradcheck(function.apply, inputs, raise_exception=True)
+        torch.autograd.gradcheck(function.apply, inputs, raise_exception=True)
     except RuntimeError as error:  # gradcheck reports the mismatching Jacobians
         raise AssertionError(f"{function.__name__}.backward does not match its forward:\n{error}") from None
-    if not ok:
-        raise AssertionError(f"{function.__name__}.backward does not match its forward")
 
 
 def check_all(manager) -> list[str]:
     """Gradcheck every Function declared through ``framework_autograd_functions``; return the names."""
+    from framework.plugin_manager import contributions
+
     checked = []
-    for impl in manager.hook.framework_autograd_functions.get_hookimpls():
-        for check in impl.function() or ():
-            if not isinstance(check, AutogradCheck):
-                raise TypeError(f"plugin {impl.plugin_name!r} returned {check!r}, not framework.AutogradCheck")
+    for provider, check in contributions(manager, "framework_autograd_functions", AutogradCheck):
+        try:
             check_function(check.function, *check.make_inputs())
-            checked.append(f"{impl.plugin_name}:{check.name}")
+        except AssertionError as error:
+            raise AssertionError(f"{check.name} from plugin {provider}: {error}") from None
+        checked.append(check.name)
     return checked
 
 
 def main() -> int:
+    from framework.errors import FrameworkError
     from framework.plugin_manager import create_plugin_manager
 
     try:
         names = check_all(create_plugin_manager())
-    except AssertionError as error:
+    except (AssertionError, FrameworkError, ValueError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     for name in names:

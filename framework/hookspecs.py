@@ -108,10 +108,12 @@ def framework_fit_start(state: LoopState) -> None:
 def framework_step_end(state: LoopState, loss: torch.Tensor) -> None:
     """One optimizer step has finished.
 
-    Called after every step, only if some plugin implements this hook (the loop skips it
-    otherwise, so an unused hook costs nothing). ``state.step`` is the number of steps done;
-    ``loss`` is the step's loss as a device tensor: reading it (``.item()``) forces a device
-    synchronisation, so prefer ``framework_log``. Results are ignored.
+    Called after every step, after the scheduler has stepped and before the loss is checked
+    for NaN (so also for the step whose loss is not finite), only if some plugin implements this
+    hook (the loop skips it otherwise, so an unused hook costs nothing). ``state.step`` is the
+    number of steps done; ``loss`` is the step's loss as a device tensor: reading it
+    (``.item()``) forces a device synchronisation, so prefer ``framework_log``. Results are
+    ignored.
     """
 
 
@@ -119,8 +121,9 @@ def framework_step_end(state: LoopState, loss: torch.Tensor) -> None:
 def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> None:
     """Metrics are ready at a logging step.
 
-    Called at step 1, every ``trainer.log_every`` steps, and at the last step. ``step`` is the
-    step number (one step = one optimizer update); ``metrics`` maps TensorBoard tags to plain
+    Called at step 1, every ``trainer.log_every`` steps, at the last step and at the step a
+    ``trainer.tolerance`` stop happens, only if some plugin implements this hook (the metrics
+    are not computed otherwise). ``step`` is the step number (one step = one optimizer update); ``metrics`` maps TensorBoard tags to plain
     floats: ``train/loss`` (the loss of that step's forward pass, before its update),
     ``train/lr`` and ``train/grad_norm``. Parameter values are read from ``state.model``.
     Implementations must not mutate ``metrics``. Results are ignored.
@@ -133,8 +136,9 @@ def framework_exception(state: LoopState, error: BaseException) -> None:
 
     Called once, with ``state`` as it was when the fit stopped and the exception as ``error``
     (a :class:`framework.errors.FrameworkError`, a ``KeyboardInterrupt`` or any other exception),
-    before ``framework_fit_end``. The exception is
-    always re-raised afterwards: an implementation cannot swallow it. Results are ignored.
+    before ``framework_fit_end``. The exception is always re-raised afterwards: returning does
+    not swallow it (an exception the implementation raises itself propagates instead, chained
+    to the original). Results are ignored.
     """
 
 
@@ -142,7 +146,8 @@ def framework_exception(state: LoopState, error: BaseException) -> None:
 def framework_fit_end(state: LoopState, result: dict[str, Any]) -> None:
     """The fit is over, whether it completed, failed or was interrupted.
 
-    Called exactly once per fit, last, with the final ``state``. ``result`` holds what ``result.json`` will hold
+    Called exactly once per fit, last, with the final ``state``. ``result`` holds what
+    ``result.json`` (already written when a run folder exists) holds
     (``task``, ``status``, ``steps``, ``final_loss``, ``params``, ``wall_s``, ``device``,
     ``stop_reason``). Loggers flush and close here. Implementations must not mutate
     ``result``. Results are ignored.

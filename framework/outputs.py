@@ -12,12 +12,16 @@ import torch
 RESULT_FILE = "result.json"
 
 
+def is_small_model(model: torch.nn.Module, limit: int) -> bool:
+    """Whether every parameter value is worth showing (``trainer.param_log_limit``)."""
+    return sum(p.numel() for p in model.parameters()) <= limit
+
+
 def small_model_params(model: torch.nn.Module, limit: int) -> dict[str, Any] | None:
     """{name: value as nested lists} for models with at most ``limit`` numbers, else None."""
-    named = list(model.named_parameters())
-    if sum(p.numel() for _, p in named) > limit:
+    if not is_small_model(model, limit):
         return None
-    return {name: p.detach().cpu().tolist() for name, p in named}
+    return {name: p.detach().cpu().tolist() for name, p in model.named_parameters()}
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -83,13 +83,13 @@ def create_plugin_manager(
     for name in blocked:
         manager.set_blocked(name)
 
-    package = builtin_package()
+    builtin_package()  # framework_plugins, from the checkout or the installed package
     for name in BUILTIN_PLUGINS:
         if name in blocked:
             continue
         module_name = f"{BUILTIN_PACKAGE}.{name}"
         module = _import_plugin(lambda: importlib.import_module(module_name), name, "built-in")
-        manager.register_plugin(module, name, f"built-in, {package.__name__}.{name}")
+        manager.register_plugin(module, name, f"built-in, {module_name}")
 
     if load_entry_points:
         for entry_point, distribution in _entry_points():
@@ -108,38 +108,43 @@ def create_plugin_manager(
     return manager
 
 
+def contributions(manager: PluginManager, hook_name: str, expected: type) -> list[tuple[str, Any]]:
+    """Call a contribution hook plugin by plugin: [(provider, item)], failures naming the plugin.
+
+    Called one implementation at a time (not through the hook caller) so that every item is
+    known by the plugin that gave it.
+    """
+    items = []
+    for impl in getattr(manager.hook, hook_name).get_hookimpls():
+        provider = manager.describe(impl.plugin_name)
+        try:
+            returned = impl.function()
+        except Exception as error:
+            raise PluginError(f"plugin {provider} failed in {hook_name}: {type(error).__name__}: {error}") from error
+        for item in returned or ():
+            if not isinstance(item, expected):
+                raise PluginError(
+                    f"plugin {provider} returned {item!r} from {hook_name}; expected framework.{expected.__name__} objects"
+                )
+            items.append((provider, item))
+    return items
+
+
 def build_registry(manager: PluginManager) -> Registry:
     """Ask every plugin for its components and fill a registry, naming providers on conflict."""
     registry = Registry()
-    for impl in manager.hook.framework_components.get_hookimpls():
-        provider = manager.describe(impl.plugin_name)
-        try:
-            components = impl.function()
-        except Exception as error:
-            raise PluginError(
-                f"plugin {provider} failed in framework_components: {type(error).__name__}: {error}"
-            ) from error
-        for component in components or ():
-            if not isinstance(component, Component):
-                raise PluginError(
-                    f"plugin {provider} returned {component!r} from framework_components; "
-                    "expected framework.Component objects"
-                )
-            registry.add(component, provider)
+    for provider, component in contributions(manager, "framework_components", Component):
+        registry.add(component, provider)
     return registry
 
 
 def _entry_points():
-    """(entry point, 'dist version') for every installed plugin, each distribution once."""
-    seen = set()
-    for distribution in importlib.metadata.distributions():
-        name = distribution.metadata["Name"]
-        if name in seen:  # the same distribution can be on sys.path twice
-            continue
-        seen.add(name)
-        for entry_point in distribution.entry_points:
-            if entry_point.group == ENTRY_POINT_GROUP:
-                yield entry_point, f"{name} {distribution.version}"
+    """(entry point, 'dist version') for every installed plugin (entry_points() lists each
+    distribution once, even when it is on sys.path twice)."""
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        distribution = entry_point.dist
+        origin = f"{distribution.metadata['Name']} {distribution.version}" if distribution else "unknown"
+        yield entry_point, origin
 
 
 def _import_plugin(load, name: str, origin: str):

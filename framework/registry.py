@@ -50,6 +50,11 @@ class Registry:
                 f"plugin {provider} contributes {component.kind} {component.name!r} whose config "
                 f"{component.config!r} is not a dataclass"
             )
+        if any(f.name == "name" for f in dataclasses.fields(component.config)):
+            raise PluginError(
+                f"plugin {provider} contributes {component.kind} {component.name!r} whose config has a "
+                "field called 'name'; that key is the framework's (it says which component was chosen)"
+            )
         key = (component.kind, component.name)
         if key in self._components:
             first = self._components[key].provider

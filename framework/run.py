@@ -15,6 +15,7 @@ from framework.loop import fit
 from framework.outputs import result_record, write_result
 from framework.plugin_manager import PluginManager
 from framework.registry import Registry
+from framework.schema import unknown_keys
 
 
 def run_training(
@@ -28,35 +29,38 @@ def run_training(
 ) -> dict[str, Any]:
     """Train once and return what result.json holds; raise FrameworkError on bad input."""
     started = time.perf_counter()
-    trainer = None
-    try:
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ConfigError(
-                f"no value for {', '.join(missing)}; set it on the command line "
-                f"(e.g. {missing[0]}=VALUE) or pick a preset with +task=NAME"
-            )
-        trainer = OmegaConf.to_object(cfg.trainer)
-        device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
-        seed_everything(trainer.seed)
-        state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
-        loggers = build_loggers(cfg, registry, run_dir=run_dir, overrides=overrides or [])
-    except BaseException:
-        # Even a run refused before its first step leaves a result.json for sweep summaries.
-        if run_dir is not None:
-            write_result(run_dir, result_record(
-                task=task, status="failed", steps=0, final_loss=None, params=None,
-                wall_s=time.perf_counter() - started,
-                device=trainer.device if trainer else "unknown", stop_reason="error",
-            ))
-        raise
-
+    device = "unknown"
     registered = []
     try:
-        for name, logger in loggers.items():
-            manager.register_plugin(logger, f"logger.{name}", "logger component")
-            registered.append(f"logger.{name}")
-        manager.check_hooks()
+        try:
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                raise ConfigError(
+                    f"no value for {', '.join(missing)}; set it on the command line "
+                    f"(e.g. {missing[0]}=VALUE) or pick a preset with +task=NAME"
+                )
+            unknown = unknown_keys(cfg)
+            if unknown:
+                key, settings = unknown[0]
+                raise ConfigError(f"{key} is not a setting; the settings there are: {', '.join(settings)}")
+            trainer = OmegaConf.to_object(cfg.trainer)
+            device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
+            seed_everything(trainer.seed)
+            state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
+            for name, logger in build_loggers(cfg, registry, run_dir=run_dir, overrides=overrides or []).items():
+                manager.register_plugin(logger, f"logger.{name}", "logger component")
+                registered.append(f"logger.{name}")
+            manager.check_hooks()
+        except BaseException as error:
+            # A run refused before its first step still leaves a result.json for sweep summaries.
+            if run_dir is not None:
+                interrupted = isinstance(error, KeyboardInterrupt)
+                write_result(run_dir, result_record(
+                    task=task, status="interrupted" if interrupted else "failed", steps=0,
+                    final_loss=None, params=None, wall_s=time.perf_counter() - started,
+                    device=device, stop_reason="interrupted" if interrupted else "error",
+                ))
+            raise
         return fit(state, manager.hook)
     finally:
         for name in registered:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from framework.registry import KINDS, Registry
 
@@ -57,6 +57,26 @@ class FrameworkConfig:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     logger: Dict[str, Any] = field(default_factory=dict)
+
+
+def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    """[(key, the settings that exist beside it)] for keys no schema declares.
+
+    Hydra lets ``+model.lrr=0.01`` append a key even to a typed node, where it would be ignored
+    without a word; the run refuses it instead.
+    """
+    if not isinstance(node, DictConfig):
+        return []
+    found = []
+    schema = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        where = f"{path}.{key}" if path else str(key)
+        if declared is not None and key not in declared:
+            found.append((where, sorted(declared)))
+        elif not OmegaConf.is_missing(node, key):
+            found.extend(unknown_keys(node[key], where))
+    return found
 
 
 def named_schema(config_cls: type, name: str) -> type:

@@ -33,10 +33,13 @@ class LoopState:
     device: torch.device
     dtype: torch.dtype
     batch_size: int | None = None  # None: full batch
+    steps_per_epoch: int = 1  # batches per pass over the data
     shuffle: bool = False
+    components: dict[str, str] = field(default_factory=dict)  # kind -> chosen component name
     task: str | None = None
     run_dir: Path | None = None
     max_steps: int = 0  # the step limit after resolving max_steps and max_epochs
+    limit_reason: str = "max_steps"  # which of the two sets max_steps: the stop reason at the end
     # Where the loop is
     step: int = 0  # optimizer updates done
     epoch: int = 0  # full passes over the data done
@@ -48,10 +51,3 @@ class LoopState:
     last_loss_step: int | None = None
     stop_reason: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # room for plugins' own state
-
-    @property
-    def steps_per_epoch(self) -> int:
-        n = len(self.data)
-        if self.batch_size is None or self.batch_size >= n:
-            return 1
-        return -(-n // self.batch_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -100,7 +101,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         job_dir = overrides_file.parent.parent
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         result_file = job_dir / RESULT_FILE
-        result = yaml.safe_load(result_file.read_text()) if result_file.exists() else {}
+        result = json.loads(result_file.read_text()) if result_file.exists() else {}
         status = result.get("status", "failed")
         rows.append({
             "job": job_dir.name,
@@ -152,8 +153,8 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
 class SweepFailed(TrainingError):
     def __init__(self, failed: int, total: int, sweep_dir: Path) -> None:
         super().__init__(
-            f"{failed} of {total} jobs failed (the others ran to the end); "
-            f"their errors are listed above and in {sweep_dir}/summary.md"
+            f"{failed} of {total} jobs failed; every job ran to its end, and the errors are "
+            f"listed above and in {sweep_dir}/summary.md"
         )
 
 

@@ -16,5 +16,5 @@ def initial_values(init: str, shape: tuple[int, ...], *, setting: str) -> torch.
     try:
         draw = INITS[init]
     except KeyError:
-        raise ConfigError(f"{setting}={init!r} is not an initialisation; use one of {', '.join(INITS)}") from None
+        raise ConfigError(f"{setting}={init!r} is not an initialisation here; use one of {', '.join(INITS)}") from None
     return draw(shape)

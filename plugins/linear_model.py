@@ -5,8 +5,8 @@ from typing import Optional
 
 import torch
 
-from framework import Component, hookimpl
-from framework_plugins._initial_values import initial_values
+from framework import Component, ConfigError, hookimpl
+from framework_plugins._initial_values import INITS, initial_values
 
 
 @dataclass
@@ -14,7 +14,7 @@ class LinearConfig:
     bias: bool = True
     # default: torch.nn.Linear's own initialisation; zeros | randn | uniform draw weight then bias
     init: str = "default"
-    in_features: Optional[int] = None  # null: the number of feature columns
+    in_features: Optional[int] = None  # null: the number of feature columns (the only accepted value)
     out_features: Optional[int] = None  # null: the number of target columns
 
 
@@ -39,9 +39,14 @@ class Linear(torch.nn.Linear):
 
 
 def build_linear(config: LinearConfig, *, data) -> Linear:
-    in_features = config.in_features or data.features.shape[1]
+    columns = data.features.shape[1]
+    if config.in_features is not None and config.in_features != columns:
+        raise ConfigError(f"model.in_features={config.in_features} but the data have {columns} feature "
+                          "columns; leave it null to take the data's")
+    if config.init not in ("default", *INITS):
+        raise ConfigError(f"model.init={config.init!r} is not an initialisation; use one of default, {', '.join(INITS)}")
     out_features = config.out_features or data.targets.shape[1]
-    return Linear(in_features, out_features, config.bias, config.init)
+    return Linear(columns, out_features, config.bias, config.init)
 
 
 @hookimpl

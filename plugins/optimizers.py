@@ -2,8 +2,7 @@
 
 import torch
 
-from framework import Component, hookimpl
-from framework.signature_config import config_from_signature, options
+from framework import Component, config_from_signature, hookimpl, options
 
 OPTIMIZERS = {
     "sgd": torch.optim.SGD,

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 from torch.optim import lr_scheduler
 
-from framework import Component, hookimpl
-from framework.signature_config import config_from_signature, options
+from framework import Component, config_from_signature, hookimpl, options
 
 
 @dataclass

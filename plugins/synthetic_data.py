@@ -55,20 +55,21 @@ def sine_samples(config: SineDataConfig, *, dtype) -> Dataset:
     return Dataset(x, torch.sin(x), source="sin x")
 
 
-def as_tensor(values, setting: str) -> torch.Tensor:
+def as_tensor(values, setting: str, dtype) -> torch.Tensor:
     try:
-        return torch.tensor(values)
+        return torch.tensor(values, dtype=dtype)  # straight to the run's dtype: no float32 detour
     except (TypeError, ValueError) as error:
         raise DataError(f"{setting} is not a list of numbers or of equal-length rows: {error}") from None
 
 
 def inline_tensors(config: TensorDataConfig, *, dtype) -> Dataset:
-    return Dataset(as_tensor(list(config.x), "data.x"), as_tensor(list(config.y), "data.y"), source="data.x/data.y")
+    return Dataset(as_tensor(list(config.x), "data.x", dtype), as_tensor(list(config.y), "data.y", dtype),
+                   source="data.x/data.y")
 
 
 def equations(config: EquationsConfig, *, dtype) -> Dataset:
-    matrix = as_tensor([list(row) for row in config.coefficients], "data.coefficients")
-    rhs = as_tensor(list(config.rhs), "data.rhs")
+    matrix = as_tensor([list(row) for row in config.coefficients], "data.coefficients", dtype)
+    rhs = as_tensor(list(config.rhs), "data.rhs", dtype)
     if matrix.dim() != 2 or matrix.shape[0] != rhs.shape[0]:
         raise DataError(
             f"data.coefficients must be one row per equation ({rhs.shape[0]} right-hand sides), "

@@ -11,8 +11,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from framework import Component, hookimpl
-from framework.registry import KINDS
+from framework import KINDS, Component, hookimpl, is_small_model
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
 LAYOUT = {
@@ -74,8 +73,7 @@ class TensorBoardLogger:
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=self.config.flush_secs)
         self.writer.add_custom_scalars(LAYOUT)
-        count = sum(p.numel() for p in state.model.parameters())
-        self.log_params = self.config.params and count <= state.trainer.param_log_limit
+        self.log_params = self.config.params and is_small_model(state.model, state.trainer.param_log_limit)
 
     @hookimpl
     def framework_log(self, state, step, metrics):

@@ -68,9 +68,11 @@ def assert_refused_cleanly(run: Run, *fragments: str) -> None:
     assert run.returncode != 0, run.describe()
     assert "Traceback" not in run.output, run.describe()
     assert "unexpected" not in run.output, run.describe()
-    lowered = run.output.lower()
+    # The message is for the user's terminal: on stderr, once, not mixed into the log lines.
+    lowered = run.process.stderr.lower()
+    assert "error:" in lowered, run.describe()
     for fragment in fragments:
-        assert fragment.lower() in lowered, f"{fragment!r} not in the message\n{run.describe()}"
+        assert fragment.lower() in lowered, f"{fragment!r} not in the message on stderr\n{run.describe()}"
     result_file = run.run_dir / "result.json"
     if result_file.exists():  # refused runs that got as far as a run folder say so
         assert run.result["status"] == "failed", run.result

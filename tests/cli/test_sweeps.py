@@ -260,3 +260,16 @@ def test_optuna_searches_and_receives_the_final_loss(tmp_path):
     assert results["best_value"] == pytest.approx(best_loss, rel=1e-9)
     best_job = rows[0]["job"]
     assert results["best_params"]["optimizer.lr"] == pytest.approx(float(named[best_job].group(2)))
+
+
+def test_optuna_search_goes_on_past_diverged_trials(tmp_path):
+    """A diverged job is the worst trial, not the end of the search (Optuna 2 aborts on NaN)."""
+    sweep = launch_sweep(tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+                         "hydra.sweeper.sampler.seed=0", "optimizer=sgd", "optimizer.lr=tag(log, interval(0.1, 1))",
+                         "+task=polyfit", "trainer.max_steps=20")
+    jobs = sweep.job_dirs()
+    assert len(jobs) == 3, sweep.describe()
+    assert all(sweep.result(job)["stop_reason"] == "non_finite_loss" for job in jobs), sweep.describe()
+    assert "3 of 3 jobs failed" in sweep.stderr and "Traceback" not in sweep.output, sweep.describe()
+    assert sweep.returncode != 0
+    assert "setup plugin" not in sweep.output  # Optuna's database layer kept quiet

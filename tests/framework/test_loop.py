@@ -290,3 +290,133 @@ def test_steps_and_epochs_both_null_are_refused(train):
 def test_integer_dtype_is_refused_in_our_words(train):
     with pytest.raises(ConfigError, match="Integer tensors cannot require gradients"):
         train(["+task=linear", "trainer.dtype=int64"])
+
+
+def test_minibatches_in_order_are_slices_matching_a_plain_loop(train, recorder):
+    result = train(["+task=polyfit", "data.batch_size=8", "trainer.max_steps=7", "optimizer=sgd",
+                    "optimizer.lr=0.0001"])
+    x, y = polyfit_data()
+    params = polynomial_parameters()
+    optimizer = torch.optim.SGD(params, lr=0.0001)
+    for step in range(7):
+        start = (step % 3) * 8  # 20 rows: batches of 8, 8, 4
+        rows = slice(start, start + 8)
+        loss = torch.nn.functional.mse_loss(quadratic(params, x[rows]), y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert result["steps"] == 7 and result["stop_reason"] == "max_steps"
+    for name, plain in zip("ABC", params):
+        assert torch.equal(recorder.final[name], plain.detach())
+
+
+def test_max_epochs_and_max_steps_stop_at_whichever_comes_first(train):
+    by_epochs = train(["+task=polyfit", "data.batch_size=8", "trainer.max_epochs=2"])
+    assert (by_epochs["steps"], by_epochs["stop_reason"]) == (6, "max_epochs")
+    by_steps = train(["+task=polyfit", "data.batch_size=8", "trainer.max_epochs=100", "trainer.max_steps=5"])
+    assert (by_steps["steps"], by_steps["stop_reason"]) == (5, "max_steps")
+    only_epochs = train(["+task=linear", "trainer.max_steps=null", "trainer.max_epochs=7"])
+    assert (only_epochs["steps"], only_epochs["stop_reason"]) == (7, "max_epochs")
+
+
+def test_batch_size_below_one_is_refused_before_any_work(train):
+    with pytest.raises(ConfigError, match="data.batch_size must be at least 1"):
+        train(["+task=polyfit", "data.batch_size=0"])
+
+
+def test_the_step_that_meets_the_tolerance_is_logged(train, recorder):
+    result = train(["+task=puzzle", "trainer.tolerance=0.01", "trainer.log_every=100"])
+    logged = recorder.logged("train/loss")
+    assert result["steps"] % 100 != 0  # the stop falls between regular logging steps
+    assert max(logged) == result["steps"] and logged[result["steps"]] <= 0.01
+
+
+def test_losses_read_in_batches_stop_at_the_first_non_finite_one():
+    """The GPU path (several losses read at once), run on CPU tensors."""
+    from types import SimpleNamespace
+
+    from framework.loop import LossWatch
+
+    state = SimpleNamespace(step=0, last_loss=None, last_loss_step=None)
+    watch = LossWatch(state, read_every=3)
+    for value in (4.0, 2.0):
+        state.step += 1
+        watch.add(torch.tensor(value))
+    assert not watch.due()
+    assert watch.read() == 2.0 and (state.last_loss, state.last_loss_step) == (2.0, 2)
+    for value in (1.0, math.nan, 0.5):
+        state.step += 1
+        watch.add(torch.tensor(value))
+    assert watch.due()
+    with pytest.raises(NonFiniteLossError) as caught:
+        watch.read()
+    assert (caught.value.step, caught.value.last_finite_loss, caught.value.last_finite_step) == (4, 1.0, 3)
+
+
+class Exploding(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+class ExplodingModelPlugin:
+    @hookimpl
+    def framework_components(self):
+        from dataclasses import dataclass
+
+        from framework import Component
+
+        @dataclass
+        class ExplodingConfig:
+            pass
+
+        return [Component("model", "exploding", lambda config, *, data: Exploding(), ExplodingConfig)]
+
+
+def test_an_error_inside_the_step_names_the_step_and_the_components(manager, compose_config):
+    from framework.errors import TrainingError
+    from framework.plugin_manager import build_registry
+    from framework.run import run_training
+    from framework.schema import store_configs
+
+    manager.register_plugin(ExplodingModelPlugin(), "exploding", "test")
+    registry = build_registry(manager)
+    store_configs(registry)
+    cfg = compose_config(["+task=linear", "model=exploding"])
+    with pytest.raises(TrainingError, match=r"training failed at step 1: RuntimeError: boom \(model exploding, loss mse"):
+        run_training(cfg, manager=manager, registry=registry)
+
+
+class InterruptedData:
+    @hookimpl
+    def framework_components(self):
+        from dataclasses import dataclass
+
+        from framework import Component
+
+        @dataclass
+        class StopConfig:
+            pass
+
+        def interrupt(config, *, dtype):
+            raise KeyboardInterrupt
+
+        return [Component("data", "interrupting", interrupt, StopConfig)]
+
+
+def test_an_interrupt_before_the_first_step_is_recorded_as_interrupted(manager, compose_config, tmp_path):
+    from framework.plugin_manager import build_registry
+    from framework.run import run_training
+    from framework.schema import store_configs
+
+    manager.register_plugin(InterruptedData(), "interrupting", "test")
+    registry = build_registry(manager)
+    store_configs(registry)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(compose_config(["+task=linear", "data=interrupting"]), manager=manager, registry=registry,
+                     run_dir=tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["status"], result["steps"], result["device"]) == ("interrupted", 0, "cpu")

@@ -101,3 +101,16 @@ def test_csv_errors_name_the_file_and_line(tmp_path):
         csv_table(CsvConfig(path=str(tmp_path / "missing.csv")), dtype=F32)
     with pytest.raises(DataError, match="no rows"):
         csv_table(CsvConfig(path=write(tmp_path, "\n", "empty.csv")), dtype=F32)
+
+
+def test_inline_decimals_reach_a_float64_run_without_a_float32_detour():
+    data = inline_tensors(TensorDataConfig(x=[0.1, 0.2, 0.3], y=[1, 2, 3]), dtype=torch.float64)
+    assert data.features.dtype == torch.float64
+    assert data.features.tolist() == [0.1, 0.2, 0.3]
+    system = equations(EquationsConfig(coefficients=[[0.1, 1], [1, -1]], rhs=[0.3, 1]), dtype=torch.float64)
+    assert system.features[0, 0].item() == 0.1
+
+
+def test_a_data_component_returning_something_else_is_named_clearly():
+    with pytest.raises(DataError, match="returned tuple, not framework.Dataset"):
+        prepare_dataset((torch.zeros(2), torch.zeros(2)), dtype=F32, device=torch.device("cpu"))

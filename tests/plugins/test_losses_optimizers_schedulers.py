@@ -65,6 +65,7 @@ def test_cosine_scheduler_anneals_over_the_whole_run(registry):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_none_scheduler_keeps_the_rate(registry):
-    entry = registry.get("scheduler", "none")
-    assert entry.factory(entry.config(), optimizer=None, max_steps=10) is None
+def test_none_scheduler_keeps_the_rate_through_a_run(train, recorder):
+    train(["+task=polyfit", "scheduler=none", "trainer.max_steps=30"])
+    assert set(recorder.logged("train/lr").values()) == {0.01}
+    assert recorder.optimizer.param_groups[0]["lr"] == 0.01

@@ -11,17 +11,46 @@ import torch
 
 MAX_POINTS = 2000  # points drawn from the data; more only slow the picture down
 MAX_RESIDUAL_ROWS = 64  # a bar per row reads well up to about this many rows
+LOG_SCALE_SPAN = 100.0  # a loss falling by more than this factor is drawn on a log axis
+
+
+def _new_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _pixels(figure) -> numpy.ndarray:
+    """The drawn figure as an HWC uint8 RGB image."""
+    figure.tight_layout()
+    figure.canvas.draw()
+    return numpy.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+def wants_log_scale(losses: list[float]) -> bool:
+    """Positive losses that span more than LOG_SCALE_SPAN read better on a log axis."""
+    return min(losses) > 0 and max(losses) / min(losses) > LOG_SCALE_SPAN
+
+
+def loss_figure(steps: list[int], losses: list[float], title: str) -> numpy.ndarray:
+    """The logged loss against the step, on a log axis when it spans orders of magnitude."""
+    figure, axes = _new_figure()
+    axes.plot(steps, losses, color="tab:blue", marker="." if len(steps) < 50 else None)
+    if wants_log_scale(losses):
+        axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("train/loss")
+    axes.set_title(title)
+    return _pixels(figure)
 
 
 def fit_figure(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor, title: str):
     """(tag, HWC uint8 image) for the data with the fitted curve (one input and one output
     column) or each row's residual (small data), or None when neither reads well."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    canvas = FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = _new_figure()
     with torch.no_grad():
         if features.shape[1] == 1 and targets.shape[1] == 1:
             tag = "fit/curve"
@@ -47,6 +76,4 @@ def fit_figure(model: torch.nn.Module, features: torch.Tensor, targets: torch.Te
         else:
             return None
     axes.set_title(title)
-    figure.tight_layout()
-    canvas.draw()
-    return tag, numpy.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return tag, _pixels(figure)

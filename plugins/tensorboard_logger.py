@@ -28,7 +28,7 @@ SCALAR_TYPES = (bool, int, float, str)
 @dataclass
 class TensorBoardConfig:
     params: bool = True  # log every parameter value of small models (trainer.param_log_limit)
-    figures: bool = True  # the data and the fit (or each row's residual) in the Images tab
+    figures: bool = True  # the fit (or each row's residual) and the loss curve in the Images tab
     figure_every: Optional[int] = None  # also every N steps; null: at the end only
     flush_secs: int = 30
 
@@ -63,6 +63,7 @@ class TensorBoardLogger:
         self.run_overrides = list(run_overrides)
         self.writer = None
         self.log_params = False
+        self.loss_curve: list[tuple[int, float]] = []  # (step, loss) at logging steps, for the figure
 
     @hookimpl
     def framework_fit_start(self, state):
@@ -81,6 +82,7 @@ class TensorBoardLogger:
             return
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
+        self.loss_curve.append((step, metrics["train/loss"]))
         if self.log_params:
             for name, parameter in state.model.named_parameters():
                 values = parameter.detach().cpu()
@@ -100,6 +102,12 @@ class TensorBoardLogger:
         try:
             if self.config.figures and result["final_loss"] is not None:
                 self._figure(state, result["steps"], f"step {result['steps']}, final loss {result['final_loss']:.4g}")
+            if self.config.figures and len(self.loss_curve) > 1:
+                from framework_plugins._figures import loss_figure
+
+                steps, losses = zip(*self.loss_curve)
+                image = loss_figure(list(steps), list(losses), f"{state.task or 'run'}: {result['status']}")
+                self.writer.add_image("fit/loss", image, result["steps"], dataformats="HWC")
             self._write_hparams(state, result)
         finally:
             self.writer.close()  # flushes: points logged before a failure are kept

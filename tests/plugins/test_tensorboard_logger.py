@@ -41,3 +41,13 @@ def test_small_multi_column_data_gets_residuals_and_large_data_nothing():
     tag, _ = fit_figure(Sum(), torch.eye(4), torch.ones(4, 1), "residuals")
     assert tag == "fit/residuals"
     assert fit_figure(Sum(), torch.zeros(500, 3), torch.zeros(500, 1), "big") is None
+
+
+def test_loss_curve_uses_a_log_axis_only_when_the_loss_spans_decades():
+    from framework_plugins._figures import loss_figure, wants_log_scale
+
+    assert wants_log_scale([1000.0, 10.0, 0.5])
+    assert not wants_log_scale([3.0, 2.5, 2.0])
+    assert not wants_log_scale([1000.0, 0.0])  # a zero loss has no place on a log axis
+    image = loss_figure([1, 10, 20], [1000.0, 10.0, 0.5], "falling")
+    assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0

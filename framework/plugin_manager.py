@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -88,7 +89,7 @@ def create_plugin_manager(
         if name in blocked:
             continue
         module_name = f"{BUILTIN_PACKAGE}.{name}"
-        module = _import_plugin(lambda: importlib.import_module(module_name), name, "built-in")
+        module = _import_plugin(functools.partial(importlib.import_module, module_name), name, "built-in")
         manager.register_plugin(module, name, f"built-in, {module_name}")
 
     if load_entry_points:

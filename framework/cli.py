@@ -83,7 +83,8 @@ def main() -> None:
         if SweepSummary.failure is not None:
             raise SweepSummary.failure
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: the run folder keeps what was logged, and result.json says where it stopped",
+              file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         sys.stderr.close()

@@ -123,9 +123,9 @@ def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> Non
 
     Called at step 1, every ``trainer.log_every`` steps, at the last step and at the step a
     ``trainer.tolerance`` stop happens, only if some plugin implements this hook (the metrics
-    are not computed otherwise). ``step`` is the step number (one step = one optimizer update); ``metrics`` maps TensorBoard tags to plain
-    floats: ``train/loss`` (the loss of that step's forward pass, before its update),
-    ``train/lr`` and ``train/grad_norm``. Parameter values are read from ``state.model``.
+    are not computed otherwise). ``step`` is the step number (one step = one optimizer
+    update); ``metrics`` maps TensorBoard tags to plain floats: ``train/loss`` (the loss of that
+    step's forward pass, before its update), ``train/lr`` and ``train/grad_norm``. Parameter values are read from ``state.model``.
     Implementations must not mutate ``metrics``. Results are ignored.
     """
 

@@ -12,7 +12,7 @@ from framework.outputs import is_small_model
 from framework.registry import KINDS, AutogradCheck, Component
 from framework.schema import DataConfig
 from framework.signature_config import config_from_signature, options
-from framework.state import LoopState
+from framework.state import BuiltRun, LoopState, Progress, StopRequest
 
 __all__ = [
     "PROJECT",
@@ -24,7 +24,10 @@ __all__ = [
     "DataConfig",
     "Dataset",
     "FrameworkError",
+    "BuiltRun",
     "LoopState",
+    "Progress",
+    "StopRequest",
     "PluginError",
     "TrainingError",
     "config_from_signature",

@@ -14,7 +14,7 @@ from framework.devices import default_dtype
 from framework.errors import ConfigError, FrameworkError, PluginError
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
-from framework.state import LoopState
+from framework.state import BuiltRun, LoopState, Progress
 
 
 def component_config(node: DictConfig, kind: str, registry: Registry) -> tuple[Component, Any]:
@@ -132,7 +132,8 @@ def build_state(
     task: str | None = None,
     run_dir: Path | None = None,
 ) -> LoopState:
-    """Build every component in order; the caller has already seeded the random generators."""
+    """Build every component in order, with progress at step 0; the caller has already seeded
+    the random generators."""
     data_component, data_config = component_config(cfg.data, "data", registry)
     batch_size = getattr(data_config, "batch_size", None)
     if batch_size is not None and batch_size < 1:
@@ -160,7 +161,7 @@ def build_state(
         shuffle_generator = torch.Generator(device=device)
         shuffle_generator.manual_seed(trainer.seed)
     chosen = (data_component, model_component, loss_component, optimizer_component, scheduler_component)
-    return LoopState(
+    run = BuiltRun(
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
@@ -173,13 +174,14 @@ def build_state(
         batch_size=batch_size,
         steps_per_epoch=per_epoch,
         shuffle=shuffle,
-        shuffle_generator=shuffle_generator,
         components={component.kind: component.name for component in chosen},
         task=task,
         run_dir=run_dir,
         max_steps=max_steps,
         limit_reason=limit_reason,
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
+    return LoopState(run=run, progress=Progress(shuffle_generator=shuffle_generator))
 
 
 def build_loggers(

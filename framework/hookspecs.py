@@ -7,12 +7,27 @@ Call order for one run::
 
     framework_components            (once per plugin manager, fills the registry)
     framework_autograd_functions    (only by the gradcheck helper)
+    framework_fit_plugins           (once per fit, after the build: per-fit plugin objects)
+    framework_load_state_dict       (only when the fit resumes from a checkpoint)
     framework_configure_step        (once per fit, first non-None wins)
     framework_fit_start
     framework_step_end              (every step, only if some plugin implements it)
     framework_log                   (at logging steps)
+    framework_state_dict            (at every checkpoint)
     framework_exception             (only when the fit fails or is interrupted)
     framework_fit_end               (always, last)
+
+The ``state`` every fit hook receives is a :class:`framework.LoopState`:
+
+- ``state.run`` (:class:`framework.BuiltRun`): the components and settings, built once and never
+  replaced: ``model``, ``loss_fn``, ``optimizer``, ``scheduler``, ``data``, ``trainable``
+  (the parameters being trained, by name), ``trainer`` (the ``trainer.*`` settings), ``device``,
+  ``dtype``, ``max_steps``, ``task``, ``run_dir``, ``components`` (kind -> chosen name) and
+  ``config`` (the composed config as plain containers).
+- ``state.progress`` (:class:`framework.Progress`): where the loop is: ``step`` (optimizer
+  updates done), ``epoch``, ``batch_index``, ``last_loss`` and ``stop``, the stop request. Any
+  plugin may call ``state.progress.stop.request(reason)``; the loop finishes the current step
+  and ends the run cleanly (checkpoint, loggers' end, result.json with ``stop_reason``).
 """
 
 from __future__ import annotations
@@ -78,19 +93,43 @@ def framework_autograd_functions() -> list[AutogradCheck]:
 # --------------------------------------------------------------------------------------------
 
 
+@hookspec
+def framework_fit_plugins(state: LoopState) -> list[object]:
+    """Return plugin objects to take part in this fit only, e.g. a stop rule a setting turns on.
+
+    Called once per fit, after the build and before any other fit hook, with ``state.progress``
+    at step 0 (a resumed fit's progress is loaded after this). Results are collected from every
+    plugin; each object is registered as a plugin named ``<plugin>.<ClassName>`` for the length
+    of the fit, then unregistered. Return an empty list when the plugin has nothing to add:
+    a hook no object implements is never called, so a feature that is off costs nothing.
+    """
+
+
+@hookspec
+def framework_load_state_dict(state: LoopState, state_dict: dict[str, Any]) -> None:
+    """Take back the state this plugin gave to the checkpoint a fit resumes from.
+
+    Called once when a fit resumes, after ``framework_fit_plugins`` and after the model,
+    optimizer, scheduler and progress are loaded, before ``framework_configure_step``; only for
+    plugins whose name has a saved state in the checkpoint. ``state_dict`` is what this
+    plugin's ``framework_state_dict`` returned. Results are ignored.
+    """
+
+
 @hookspec(firstresult=True)
 def framework_configure_step(state: LoopState) -> Callable[[Any, Any], torch.Tensor] | None:
     """Return the function that performs one optimizer step.
 
     Called once at the start of each fit, before ``framework_fit_start``, with the built
-    ``state`` (model, loss function, optimizer and trainer settings). The first non-None result
+    ``state`` (``state.run``: model, loss function, optimizer and trainer settings). The first
+    non-None result
     is used; the built-in ``default_step`` plugin is ``trylast`` and steps aside for any other.
 
     The returned ``step(features, targets)`` must zero the gradients, run forward, the loss and
     backward inside a closure passed to ``optimizer.step(closure)`` (so closure optimizers such as
     LBFGS work), and return the loss computed in that step's first forward pass, as a tensor,
-    without synchronising with the device. If it clips gradients it sets ``state.grad_norm``
-    to the norm before clipping. It is called on every step: keep it lean.
+    without synchronising with the device. If it clips gradients it sets
+    ``state.progress.grad_norm`` to the norm before clipping. It is called on every step: keep it lean.
     """
 
 
@@ -99,8 +138,9 @@ def framework_fit_start(state: LoopState) -> None:
     """The fit is about to take its first step.
 
     Called once, after the model, data, optimizer and step function are built and the initial
-    parameters are in place. ``state.step`` is 0. Implementations may read anything on
-    ``state``; they must not replace the model, optimizer or data. Results are ignored.
+    parameters are in place. ``state.progress.step`` is 0, or the checkpoint's step when the
+    fit resumes. Implementations may read anything on ``state``; they must not replace the
+    model, optimizer or data. Results are ignored.
     """
 
 
@@ -110,7 +150,8 @@ def framework_step_end(state: LoopState, loss: torch.Tensor) -> None:
 
     Called after every step, after the scheduler has stepped and before the loss is checked
     for NaN (so also for the step whose loss is not finite), only if some plugin implements this
-    hook (the loop skips it otherwise, so an unused hook costs nothing). ``state.step`` is the
+    hook (the loop skips it otherwise, so an unused hook costs nothing).
+    ``state.progress.step`` is the
     number of steps done; ``loss`` is the step's loss as a device tensor: reading it
     (``.item()``) forces a device synchronisation, so prefer ``framework_log``. Results are
     ignored.
@@ -121,12 +162,25 @@ def framework_step_end(state: LoopState, loss: torch.Tensor) -> None:
 def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> None:
     """Metrics are ready at a logging step.
 
-    Called at step 1, every ``trainer.log_every`` steps, at the last step and at the step a
-    ``trainer.tolerance`` stop happens, only if some plugin implements this hook (the metrics
-    are not computed otherwise). ``step`` is the step number (one step = one optimizer
+    Called at step 1, every ``trainer.log_every`` steps, at the last step and at the step where a
+    stop request ends the run (``trainer.tolerance``; not an interruption, which is resumed),
+    only if some plugin implements this hook (the metrics are not computed otherwise). ``step`` is the step number (one step = one optimizer
     update); ``metrics`` maps TensorBoard tags to plain floats: ``train/loss`` (the loss of that
-    step's forward pass, before its update), ``train/lr`` and ``train/grad_norm``. Parameter values are read from ``state.model``.
+    step's forward pass, before its update), ``train/lr`` and ``train/grad_norm``. Parameter values are read from
+    ``state.run.model``.
     Implementations must not mutate ``metrics``. Results are ignored.
+    """
+
+
+@hookspec
+def framework_state_dict(state: LoopState) -> dict[str, Any] | None:
+    """This plugin's own state, to be saved in a checkpoint (e.g. a logger's loss history).
+
+    Called at every checkpoint, for each plugin that implements it. Return tensors and plain
+    containers only (dicts, lists, tuples, numbers, strings, None): checkpoints load with
+    ``torch.load(weights_only=True)``. Return None to save nothing. Each plugin's result is
+    kept under its plugin name (``logger.tensorboard`` for a logger) and given back to the
+    plugin of the same name by ``framework_load_state_dict``.
     """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from framework.batches import next_batch
 from framework.errors import FrameworkError, NonFiniteLossError, PluginError, TrainingError
 from framework.outputs import finite_or_none, result_record, small_model_params, write_result
-from framework.state import LoopState
+from framework.state import BuiltRun, LoopState, Progress
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ class LossWatch:
     number; on a GPU the loop may have run up to ``read_every - 1`` steps past it by then.
     """
 
-    def __init__(self, state: LoopState, read_every: int) -> None:
-        self.state = state
+    def __init__(self, progress: Progress, read_every: int) -> None:
+        self.progress = progress
         self.read_every = read_every
         self.pending: list[torch.Tensor] = []
 
@@ -39,40 +40,40 @@ class LossWatch:
 
     def read(self) -> float:
         """Read pending losses; raise at the first non-finite one; return the latest."""
-        state = self.state
-        first_step = state.step - len(self.pending) + 1
+        progress = self.progress
+        first_step = progress.step - len(self.pending) + 1
         values = [self.pending[0].item()] if len(self.pending) == 1 else torch.stack(self.pending).tolist()
         self.pending.clear()
         for step, value in enumerate(values, first_step):
             if not math.isfinite(value):
-                raise NonFiniteLossError(step, value, state.last_loss, state.last_loss_step)
-            state.last_loss, state.last_loss_step = value, step
-        return state.last_loss
+                raise NonFiniteLossError(step, value, progress.last_loss, progress.last_loss_step)
+            progress.last_loss, progress.last_loss_step = value, step
+        return progress.last_loss
 
 
 class StepError(TrainingError):
     """An exception inside the training step, named with the step and the components."""
 
     def __init__(self, state: LoopState, error: Exception) -> None:
-        chosen = ", ".join(f"{kind} {name}" for kind, name in state.components.items() if kind != "data")
+        chosen = ", ".join(f"{kind} {name}" for kind, name in state.run.components.items() if kind != "data")
         super().__init__(
-            f"training failed at step {state.step + 1}: {type(error).__name__}: {error} ({chosen})"
+            f"training failed at step {state.progress.step + 1}: {type(error).__name__}: {error} ({chosen})"
         )
 
 
-def gradient_norm(state: LoopState) -> float:
+def gradient_norm(run: BuiltRun, progress: Progress) -> float:
     """The step's gradient norm: the clip's pre-clipping norm, or computed from the gradients."""
-    if state.grad_norm is not None:
-        return float(state.grad_norm)
-    grads = [p.grad for p in state.trainable.values() if p.grad is not None]
+    if progress.grad_norm is not None:
+        return float(progress.grad_norm)
+    grads = [p.grad for p in run.trainable.values() if p.grad is not None]
     return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
-def full_data_loss(state: LoopState) -> float | None:
+def full_data_loss(run: BuiltRun) -> float | None:
     """The loss on all the training data with the current parameters (``final_loss``)."""
     try:
         with torch.no_grad():
-            value = state.loss_fn(state.model(state.data.features), state.data.targets).item()
+            value = run.loss_fn(run.model(run.data.features), run.data.targets).item()
     except Exception as error:  # e.g. out of memory on the full data: the outputs still get written
         log.warning("could not compute the final loss on the full data: %s: %s", type(error).__name__, error)
         return None
@@ -84,9 +85,11 @@ MAX_PENDING_LOSSES = 100
 
 
 def fit(state: LoopState, hook) -> dict[str, Any]:
-    """Train until a stop condition; always fire ``framework_fit_end`` and write result.json."""
+    """Train until a stop is requested; always fire ``framework_fit_end`` and write result.json."""
+    run, progress = state.run, state.progress
+    stop = progress.stop
     started = time.perf_counter()
-    status, error = "completed", None
+    error = None
     try:
         step = hook.framework_configure_step(state=state)
         if step is None:
@@ -97,66 +100,72 @@ def fit(state: LoopState, hook) -> dict[str, Any]:
         # Hooks nobody implements are not called, and their arguments not computed.
         call_step_end = bool(hook.framework_step_end.get_hookimpls())
         call_log = bool(hook.framework_log.get_hookimpls())
-        scheduler, max_steps = state.scheduler, state.max_steps
-        log_every, tolerance = state.trainer.log_every, state.trainer.tolerance
-        on_cpu = state.device.type == "cpu"
-        watch = LossWatch(state, 1 if on_cpu or tolerance is not None else min(log_every, MAX_PENDING_LOSSES))
+        scheduler, max_steps, log_every = run.scheduler, run.max_steps, run.trainer.log_every
+        watch = LossWatch(progress, 1 if run.device.type == "cpu" else min(log_every, MAX_PENDING_LOSSES))
         hook.framework_fit_start(state=state)
 
-        while state.step < max_steps:
-            features, targets = next_batch(state)
+        while stop.reason is None:
+            if progress.step >= max_steps:
+                stop.request(run.limit_reason)
+                break
+            features, targets = next_batch(run, progress)
             try:
                 loss = step(features, targets)
             except FrameworkError:
                 raise
             except Exception as caught:
                 raise StepError(state, caught) from caught
-            state.step += 1
+            progress.step += 1
             if scheduler is not None:
                 scheduler.step()
             watch.add(loss)
             if call_step_end:
                 hook.framework_step_end(state=state, loss=loss)
-            is_log_step = state.step % log_every == 0 or state.step == 1 or state.step == max_steps
+            # A stop that ends the run (a stop rule) logs its step, as the last step is logged;
+            # an interruption does not, so a resumed run's curve equals an uninterrupted one.
+            step_number = progress.step
+            is_log_step = (step_number % log_every == 0 or step_number == 1 or step_number == max_steps
+                           or (stop.reason is not None and not stop.interrupted))
             if not (is_log_step or watch.due()):
                 continue
             loss_value = watch.read()
-            reached_tolerance = tolerance is not None and loss_value <= tolerance
-            if call_log and (is_log_step or reached_tolerance):  # the stopping step is logged too
+            if call_log and is_log_step:
                 metrics = {
                     "train/loss": loss_value,
-                    "train/lr": float(state.optimizer.param_groups[0]["lr"]),
-                    "train/grad_norm": gradient_norm(state),
+                    "train/lr": float(run.optimizer.param_groups[0]["lr"]),
+                    "train/grad_norm": gradient_norm(run, progress),
                 }
-                hook.framework_log(state=state, step=state.step, metrics=metrics)
-            if reached_tolerance:
-                state.stop_reason = "tolerance"
-                break
-        else:
-            state.stop_reason = state.limit_reason
-    except KeyboardInterrupt as caught:
-        status, error, state.stop_reason = "interrupted", caught, "interrupted"
+                hook.framework_log(state=state, step=step_number, metrics=metrics)
+        if watch.pending:  # an interruption between reads (GPU): check what the last steps gave
+            watch.read()
+    except KeyboardInterrupt as caught:  # no handler turned the signal into a stop request
+        status, error = "interrupted", caught
+        stop.replace("interrupted", signal=signal.SIGINT)
     except NonFiniteLossError as caught:
-        status, error, state.stop_reason = "failed", caught, "non_finite_loss"
+        status, error = "failed", caught
+        stop.replace("non_finite_loss")
     except BaseException as caught:
-        status, error, state.stop_reason = "failed", caught, "error"
+        status, error = "failed", caught
+        stop.replace("error")
+    else:
+        status = "interrupted" if stop.interrupted else "completed"
     try:
         if error is not None:
             hook.framework_exception(state=state, error=error)
     finally:
         result = result_record(
-            task=state.task,
+            task=run.task,
             status=status,
-            steps=state.step,
+            steps=progress.step,
             # A failed run's parameters are no result worth scoring (NaN after divergence).
-            final_loss=full_data_loss(state) if status != "failed" else None,
-            params=small_model_params(state.model, state.trainer.param_log_limit),
+            final_loss=full_data_loss(run) if status != "failed" else None,
+            params=small_model_params(run.model, run.trainer.param_log_limit),
             wall_s=time.perf_counter() - started,
-            device=state.device,
-            stop_reason=state.stop_reason,
+            device=run.device,
+            stop_reason=stop.reason,
         )
-        if state.run_dir is not None:
-            write_result(state.run_dir, result)
+        if run.run_dir is not None:
+            write_result(run.run_dir, result)
         hook.framework_fit_end(state=state, result=result)
     if error is not None:
         raise error

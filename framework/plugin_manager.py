@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "csv_data",
     "console_logger",
     "tensorboard_logger",
+    "tolerance_stop",
 )
 
 
@@ -109,19 +110,35 @@ def create_plugin_manager(
     return manager
 
 
-def contributions(manager: PluginManager, hook_name: str, expected: type) -> list[tuple[str, Any]]:
-    """Call a contribution hook plugin by plugin: [(provider, item)], failures naming the plugin.
+def call_each(manager: PluginManager, hook_name: str, only: Iterable[str] | None = None,
+              **arguments: Any) -> list[tuple[str, Any]]:
+    """Call a hook one implementation at a time: [(plugin name, result)], in registration order.
 
-    Called one implementation at a time (not through the hook caller) so that every item is
-    known by the plugin that gave it.
+    For hooks whose results belong to the plugin that gave them (contributions, saved states).
+    Each implementation gets the arguments it names (pluggy's opt-in arguments); ``only``
+    limits the call to those plugin names. A failure names the plugin.
     """
-    items = []
-    for impl in getattr(manager.hook, hook_name).get_hookimpls():
-        provider = manager.describe(impl.plugin_name)
+    wanted = None if only is None else set(only)
+    results = []
+    for impl in getattr(manager.hook, hook_name).get_hookimpls():  # in registration order
+        if wanted is not None and impl.plugin_name not in wanted:
+            continue
         try:
-            returned = impl.function()
+            returned = impl.function(**{name: arguments[name] for name in impl.argnames})
         except Exception as error:
-            raise PluginError(f"plugin {provider} failed in {hook_name}: {type(error).__name__}: {error}") from error
+            raise PluginError(
+                f"plugin {manager.describe(impl.plugin_name)} failed in {hook_name}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        results.append((impl.plugin_name, returned))
+    return results
+
+
+def contributions(manager: PluginManager, hook_name: str, expected: type) -> list[tuple[str, Any]]:
+    """Call a contribution hook plugin by plugin: [(provider, item)], failures naming the plugin."""
+    items = []
+    for name, returned in call_each(manager, hook_name):
+        provider = manager.describe(name)
         for item in returned or ():
             if not isinstance(item, expected):
                 raise PluginError(

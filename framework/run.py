@@ -13,7 +13,7 @@ from framework.devices import resolve_device, resolve_dtype, seed_everything
 from framework.errors import ConfigError
 from framework.loop import fit
 from framework.outputs import result_record, write_result
-from framework.plugin_manager import PluginManager
+from framework.plugin_manager import PluginManager, call_each
 from framework.registry import Registry
 from framework.schema import unknown_keys
 
@@ -50,6 +50,11 @@ def run_training(
             for name, logger in build_loggers(cfg, registry, run_dir=run_dir, overrides=overrides or []).items():
                 manager.register_plugin(logger, f"logger.{name}", "logger component")
                 registered.append(f"logger.{name}")
+            for provider, objects in call_each(manager, "framework_fit_plugins", state=state):
+                for plugin in objects or ():
+                    name = f"{provider}.{type(plugin).__name__}"
+                    manager.register_plugin(plugin, name, f"added for this fit by plugin {provider}")
+                    registered.append(name)
             manager.check_hooks()
         except BaseException as error:
             # A run refused before its first step still leaves a result.json for sweep summaries.

@@ -1,7 +1,19 @@
-"""All loop state in one place, so hooks can read it and checkpoints can save it."""
+"""The loop's state in three parts: the built run, the progress, and the stop request.
+
+- :class:`BuiltRun`: the components and settings, built once per fit by
+  :func:`framework.build.build_run` and never replaced. Plugins read it.
+- :class:`Progress`: where the loop is, small and serialisable (``state_dict()`` /
+  ``load_state_dict()``), including every random generator's state, so that a run resumed from a
+  checkpoint goes on bit-identically.
+- :class:`StopRequest`: set by any plugin, stop rule or signal handler; the loop reads it at
+  every step boundary and ends the run cleanly.
+
+Hooks receive a :class:`LoopState` holding the first two (``state.run``, ``state.progress``).
+"""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -12,23 +24,16 @@ from framework.data import Dataset
 from framework.schema import TrainerConfig
 
 
-@dataclass
-class LoopState:
-    """What the loop works on and where it is.
+@dataclass(frozen=True)
+class BuiltRun:
+    """What is trained and how: built once, read by plugins, never replaced."""
 
-    Built once per fit by :func:`framework.build.build_state`; the loop advances ``step``,
-    ``epoch``, ``batch_index`` and ``order``. Plugins read it; only the step function writes
-    ``grad_norm``.
-    """
-
-    # What is trained
     model: torch.nn.Module
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Any  # an object with step() and state_dict(), or None for a constant rate
     data: Dataset
     trainable: dict[str, torch.nn.Parameter]
-    # How
     trainer: TrainerConfig
     device: torch.device
     dtype: torch.dtype
@@ -40,14 +45,121 @@ class LoopState:
     run_dir: Path | None = None
     max_steps: int = 0  # the step limit after resolving max_steps and max_epochs
     limit_reason: str = "max_steps"  # which of the two sets max_steps: the stop reason at the end
-    # Where the loop is
+    config: dict[str, Any] = field(default_factory=dict)  # the composed config, plain containers
+
+
+class StopRequest:
+    """Why the run should end at the next step boundary; the first request wins.
+
+    A request with a ``signal`` is an interruption: the run is resumable, and it ends with
+    status ``interrupted`` and that signal's exit status. Setting it is one attribute write, so
+    a signal handler may do it at any instant.
+    """
+
+    __slots__ = ("reason", "signal")
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.signal: int | None = None
+
+    def request(self, reason: str, *, signal: int | None = None) -> bool:
+        """Ask the loop to stop; returns False if a stop was already requested."""
+        if self.reason is not None:
+            return False
+        self.signal = signal
+        self.reason = reason  # written last: the loop reads reason, then signal
+        return True
+
+    def replace(self, reason: str, *, signal: int | None = None) -> None:
+        """The loop's own verdict (a failure, an interrupt it caught) replaces any request."""
+        self.signal, self.reason = signal, reason
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+def random_states() -> dict[str, Any]:
+    """The global generators' states: python, numpy (when installed), torch, and CUDA when used."""
+    states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy
+    except ImportError:  # numpy is optional for the core
+        pass
+    else:
+        # Checkpoints hold tensors and plain containers only (weights_only loading).
+        numpy_state = numpy.random.get_state(legacy=False)
+        numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype("int64"))
+        states["numpy"] = numpy_state
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        import numpy
+
+        numpy_state = dict(states["numpy"])
+        numpy_state["state"] = dict(numpy_state["state"], key=numpy_state["state"]["key"].numpy().astype("uint32"))
+        numpy.random.set_state(numpy_state)
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where the loop is. The loop advances it; ``state_dict()`` is what a checkpoint keeps."""
+
     step: int = 0  # optimizer updates done
     epoch: int = 0  # full passes over the data done
     batch_index: int = 0  # position within the current epoch, in batches
     order: torch.Tensor | None = None  # this epoch's shuffled row order, on the device
     shuffle_generator: torch.Generator | None = None
-    grad_norm: torch.Tensor | None = None  # set by the step when it clips gradients
     last_loss: float | None = None  # last finite loss read back from the device
     last_loss_step: int | None = None
-    stop_reason: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # room for plugins' own state
+    stop: StopRequest = field(default_factory=StopRequest)
+    # Scratch of the current step, not saved: the step sets it when it clips gradients.
+    grad_norm: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain containers only; the global generators' states are taken now.
+
+        The stop request is saved (it says why the checkpoint was written) but never loaded:
+        a resumed run goes on.
+        """
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_index": self.batch_index,
+            "order": None if self.order is None else self.order.cpu(),
+            "shuffle_generator": None if self.shuffle_generator is None else self.shuffle_generator.get_state(),
+            "last_loss": self.last_loss,
+            "last_loss_step": self.last_loss_step,
+            "stop_reason": self.stop.reason,
+            "random": random_states(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
+        self.last_loss, self.last_loss_step = state["last_loss"], state["last_loss_step"]
+        if self.shuffle_generator is not None and state["shuffle_generator"] is not None:
+            self.shuffle_generator.set_state(state["shuffle_generator"])
+        order = state["order"]
+        device = self.shuffle_generator.device if self.shuffle_generator is not None else "cpu"
+        self.order = None if order is None else order.to(device)
+        set_random_states(state["random"])
+
+
+@dataclass
+class LoopState:
+    """What hooks receive: ``state.run`` (the built run) and ``state.progress`` (where it is)."""
+
+    run: BuiltRun
+    progress: Progress

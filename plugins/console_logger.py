@@ -27,13 +27,15 @@ class ConsoleLogger:
 
     @hookimpl
     def framework_fit_start(self, state):
-        label = state.task or "run"
+        run, done = state.run, state.progress.step
+        label = run.task or "run"
         if self.config.progress and sys.stderr.isatty():
             # tqdm redraws at most every 0.1 s, whatever the step rate.
-            self.bar = tqdm(total=state.max_steps, desc=label, unit="step", mininterval=0.1,
+            self.bar = tqdm(total=run.max_steps, initial=done, desc=label, unit="step", mininterval=0.1,
                             dynamic_ncols=True, leave=False)
-        log.info("%s: training %s on %s rows for %d steps on %s (%d threads)", label,
-                 type(state.model).__name__, len(state.data), state.max_steps, state.device,
+        start = f"from step {done} " if done else ""
+        log.info("%s: training %s on %s rows %sfor %d steps on %s (%d threads)", label,
+                 type(run.model).__name__, len(run.data), start, run.max_steps, run.device,
                  torch.get_num_threads())
 
     @hookimpl
@@ -43,8 +45,8 @@ class ConsoleLogger:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
         elif self.config.lines and step >= self.next_line_step:
-            log.info("step %d/%d  loss %.6g", step, state.max_steps, loss)
-            every = max(1, state.max_steps // self.config.lines)
+            log.info("step %d/%d  loss %.6g", step, state.run.max_steps, loss)
+            every = max(1, state.run.max_steps // self.config.lines)
             self.next_line_step = (step // every + 1) * every
 
     @hookimpl
@@ -53,7 +55,7 @@ class ConsoleLogger:
             self.bar.close()
         final = result["final_loss"]
         final_text = "n/a" if final is None else f"{final:.6g}"
-        log.info("%s %s after %d steps (%s) in %.2f s; final loss %s", state.task or "run",
+        log.info("%s %s after %d steps (%s) in %.2f s; final loss %s", state.run.task or "run",
                  result["status"], result["steps"], result["stop_reason"], result["wall_s"], final_text)
         for name, value in (result["params"] or {}).items():
             log.info("  %s = %s", name, value)

@@ -7,9 +7,10 @@ from framework import hookimpl
 
 @hookimpl(trylast=True)
 def framework_configure_step(state):
-    model, loss_fn, optimizer = state.model, state.loss_fn, state.optimizer
-    clip = state.trainer.grad_clip
-    parameters = list(state.trainable.values())
+    run, progress = state.run, state.progress
+    model, loss_fn, optimizer = run.model, run.loss_fn, run.optimizer
+    clip = run.trainer.grad_clip
+    parameters = list(run.trainable.values())
 
     def step(features, targets):
         # One closure for every optimizer: LBFGS calls it several times, the others once.
@@ -18,7 +19,7 @@ def framework_configure_step(state):
             loss = loss_fn(model(features), targets)
             loss.backward()
             if clip is not None:
-                state.grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+                progress.grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
             return loss
 
         # optimizer.step returns the first evaluation's loss: the loss before this update.

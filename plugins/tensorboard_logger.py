@@ -74,7 +74,7 @@ class TensorBoardLogger:
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=self.config.flush_secs)
         self.writer.add_custom_scalars(LAYOUT)
-        self.log_params = self.config.params and is_small_model(state.model, state.trainer.param_log_limit)
+        self.log_params = self.config.params and is_small_model(state.run.model, state.run.trainer.param_log_limit)
 
     @hookimpl
     def framework_log(self, state, step, metrics):
@@ -84,7 +84,7 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, step)
         self.loss_curve.append((step, metrics["train/loss"]))
         if self.log_params:
-            for name, parameter in state.model.named_parameters():
+            for name, parameter in state.run.model.named_parameters():
                 values = parameter.detach().cpu()
                 if values.numel() == 1:
                     self.writer.add_scalar(f"params/{name}", values.item(), step)
@@ -92,7 +92,7 @@ class TensorBoardLogger:
                 for index, value in zip(_indices(values.shape), values.flatten().tolist()):
                     self.writer.add_scalar(f"params/{name}/{index}", value, step)
         every = self.config.figure_every
-        if self.config.figures and every and step % every == 0 and step != state.max_steps:
+        if self.config.figures and every and step % every == 0 and step != state.run.max_steps:
             self._figure(state, step, f"step {step}, loss {metrics['train/loss']:.4g}")
 
     @hookimpl
@@ -106,7 +106,7 @@ class TensorBoardLogger:
                 from framework_plugins._figures import loss_figure
 
                 steps, losses = zip(*self.loss_curve)
-                image = loss_figure(list(steps), list(losses), f"{state.task or 'run'}: {result['status']}")
+                image = loss_figure(list(steps), list(losses), f"{state.run.task or 'run'}: {result['status']}")
                 self.writer.add_image("fit/loss", image, result["steps"], dataformats="HWC")
             self._write_hparams(state, result)
         finally:
@@ -115,7 +115,8 @@ class TensorBoardLogger:
     def _figure(self, state, step, title):
         from framework_plugins._figures import fit_figure
 
-        drawn = fit_figure(state.model, state.data.features, state.data.targets, title)
+        run = state.run
+        drawn = fit_figure(run.model, run.data.features, run.data.targets, title)
         if drawn is not None:
             tag, image = drawn
             self.writer.add_image(tag, image, step, dataformats="HWC")
@@ -123,7 +124,7 @@ class TensorBoardLogger:
     def _write_hparams(self, state, result):
         from torch.utils.tensorboard.summary import hparams
 
-        settings = run_hparams(self.run_config, self.run_overrides, state.task)
+        settings = run_hparams(self.run_config, self.run_overrides, state.run.task)
         settings.update(status=result["status"], stop_reason=result["stop_reason"] or "none")
         metrics = {"hparams/steps": result["steps"], "hparams/wall_s": result["wall_s"]}
         if result["final_loss"] is not None and math.isfinite(result["final_loss"]):

@@ -16,13 +16,13 @@ class Recorder:
 
     @hookimpl
     def framework_fit_start(self, state):
-        self.calls.append(("fit_start", state.step))
-        self.initial = {n: p.detach().clone() for n, p in state.model.named_parameters()}
-        self.optimizer = state.optimizer
+        self.calls.append(("fit_start", state.progress.step))
+        self.initial = {n: p.detach().clone() for n, p in state.run.model.named_parameters()}
+        self.optimizer = state.run.optimizer
 
     @hookimpl
     def framework_step_end(self, state, loss):
-        self.calls.append(("step_end", state.step))
+        self.calls.append(("step_end", state.progress.step))
 
     @hookimpl
     def framework_log(self, state, step, metrics):
@@ -35,7 +35,7 @@ class Recorder:
     @hookimpl
     def framework_fit_end(self, state, result):
         self.calls.append(("fit_end", result["status"]))
-        self.final = {n: p.detach().clone() for n, p in state.model.named_parameters()}
+        self.final = {n: p.detach().clone() for n, p in state.run.model.named_parameters()}
 
     def names(self) -> list[str]:
         return [call[0] for call in self.calls]

@@ -37,13 +37,13 @@ def test_preset_composes_and_builds(task, compose_config, registry):
     trainer = OmegaConf.to_object(cfg.trainer)
     assert isinstance(trainer, TrainerConfig)
     seed_everything(trainer.seed)
-    state = build_state(cfg, registry, trainer=trainer, device=torch.device("cpu"), dtype=torch.float32)
-    assert len(state.data) == rows
-    assert state.max_steps == steps
-    assert type(state.optimizer).__name__.lower() == optimizer
-    assert state.optimizer.param_groups[0]["lr"] == lr
-    predictions = state.model(state.data.features)
-    assert predictions.shape == state.data.targets.shape
+    run = build_state(cfg, registry, trainer=trainer, device=torch.device("cpu"), dtype=torch.float32).run
+    assert len(run.data) == rows
+    assert run.max_steps == steps
+    assert type(run.optimizer).__name__.lower() == optimizer
+    assert run.optimizer.param_groups[0]["lr"] == lr
+    predictions = run.model(run.data.features)
+    assert predictions.shape == run.data.targets.shape
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -58,8 +58,8 @@ def test_swapping_the_model_leaves_the_rest_of_the_preset(task, compose_config, 
     cfg = compose_config([f"+task={task}", "model=linear", "model.init=zeros"])
     assert cfg.model.name == "linear" and cfg.loss.name == TASKS[task][2]
     trainer = OmegaConf.to_object(cfg.trainer)
-    state = build_state(cfg, registry, trainer=trainer, device=torch.device("cpu"), dtype=torch.float32)
-    assert state.model(state.data.features).shape == state.data.targets.shape
+    run = build_state(cfg, registry, trainer=trainer, device=torch.device("cpu"), dtype=torch.float32).run
+    assert run.model(run.data.features).shape == run.data.targets.shape
 
 
 def test_misspelt_key_is_refused_by_name(compose_config):

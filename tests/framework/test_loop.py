@@ -240,12 +240,12 @@ class HalfStep:
     @hookimpl
     def framework_configure_step(self, state):
         def step(features, targets):
-            state.optimizer.zero_grad()
-            loss = state.loss_fn(state.model(features), targets)
+            state.run.optimizer.zero_grad()
+            loss = state.run.loss_fn(state.run.model(features), targets)
             loss.backward()
             with torch.no_grad():
-                for p in state.trainable.values():
-                    p -= 0.5 * state.optimizer.param_groups[0]["lr"] * p.grad
+                for p in state.run.trainable.values():
+                    p -= 0.5 * state.run.optimizer.param_groups[0]["lr"] * p.grad
             return loss
 
         return step
@@ -333,11 +333,10 @@ def test_the_step_that_meets_the_tolerance_is_logged(train, recorder):
 
 def test_losses_read_in_batches_stop_at_the_first_non_finite_one():
     """The GPU path (several losses read at once), run on CPU tensors."""
-    from types import SimpleNamespace
-
     from framework.loop import LossWatch
+    from framework.state import Progress
 
-    state = SimpleNamespace(step=0, last_loss=None, last_loss_step=None)
+    state = Progress()
     watch = LossWatch(state, read_every=3)
     for value in (4.0, 2.0):
         state.step += 1

@@ -11,8 +11,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
-from pathlib import Path
 
 import hydra
 import torch
@@ -24,14 +24,15 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from framework.errors import FrameworkError
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
-from framework.run import run_training
+from framework.resume import resume_overrides
+from framework.run import run_hydra_job
 from framework.schema import store_configs
+from framework.signals import exit_code, raise_interrupted
 from framework.sweeps import SweepSummary, exclude_fixed_overrides, register_resolvers, threads_per_job
 
 log = logging.getLogger("framework")
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 CONFIG_ERROR_EXIT = 2
-INTERRUPTED_EXIT = 130
 
 # At import, not in main(): parallel launchers (joblib) name job folders in worker processes,
 # which import this module to run the job but never call main().
@@ -41,9 +42,10 @@ register_resolvers()
 def main() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
-    sys.argv = [sys.argv[0], *exclude_fixed_overrides(sys.argv[1:])]
     SweepSummary.failure = None
     try:
+        signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
+        sys.argv = [sys.argv[0], *resume_overrides(exclude_fixed_overrides(sys.argv[1:]))]
         manager = create_plugin_manager()
         registry = build_registry(manager)
         store_configs(registry)
@@ -55,14 +57,7 @@ def main() -> None:
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)
             try:
-                result = run_training(
-                    cfg,
-                    manager=manager,
-                    registry=registry,
-                    run_dir=Path(hydra_config.runtime.output_dir),
-                    task=hydra_config.runtime.choices.get("task"),
-                    overrides=list(hydra_config.overrides.task),
-                )
+                result = run_hydra_job(cfg, manager=manager, registry=registry)
             except Exception as error:
                 multirun = hydra_config.mode == RunMode.MULTIRUN
                 report_job_failure(error, on_console=multirun)
@@ -82,10 +77,12 @@ def main() -> None:
             raise failed_run[0]
         if SweepSummary.failure is not None:
             raise SweepSummary.failure
-    except KeyboardInterrupt:
-        print("interrupted: the run folder keeps what was logged, and result.json says where it stopped",
-              file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)
+    except KeyboardInterrupt as interrupt:
+        # A fit that was stopped has logged where it stopped and how to resume.
+        if not getattr(interrupt, "message", ""):
+            print("interrupted: the run folder keeps what was logged, and result.json says where it stopped",
+                  file=sys.stderr)
+        sys.exit(exit_code(interrupt))
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         sys.stderr.close()
         sys.exit(1)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from framework.batches import next_batch
+from framework.checkpoints import Checkpointer
 from framework.errors import FrameworkError, NonFiniteLossError, PluginError, TrainingError
 from framework.outputs import finite_or_none, result_record, small_model_params, write_result
 from framework.state import BuiltRun, LoopState, Progress
@@ -84,8 +85,12 @@ def full_data_loss(run: BuiltRun) -> float | None:
 MAX_PENDING_LOSSES = 100
 
 
-def fit(state: LoopState, hook) -> dict[str, Any]:
-    """Train until a stop is requested; always fire ``framework_fit_end`` and write result.json."""
+def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dict[str, Any]:
+    """Train until a stop is requested; always fire ``framework_fit_end`` and write result.json.
+
+    With a ``checkpointer``, save every ``trainer.checkpoint_every`` steps, and at the end of a
+    fit that completed or was interrupted save the last checkpoint and the model's weights.
+    """
     run, progress = state.run, state.progress
     stop = progress.stop
     started = time.perf_counter()
@@ -101,6 +106,7 @@ def fit(state: LoopState, hook) -> dict[str, Any]:
         call_step_end = bool(hook.framework_step_end.get_hookimpls())
         call_log = bool(hook.framework_log.get_hookimpls())
         scheduler, max_steps, log_every = run.scheduler, run.max_steps, run.trainer.log_every
+        checkpoint_every = (run.trainer.checkpoint_every or 0) if checkpointer is not None else 0
         watch = LossWatch(progress, 1 if run.device.type == "cpu" else min(log_every, MAX_PENDING_LOSSES))
         hook.framework_fit_start(state=state)
 
@@ -126,9 +132,10 @@ def fit(state: LoopState, hook) -> dict[str, Any]:
             step_number = progress.step
             is_log_step = (step_number % log_every == 0 or step_number == 1 or step_number == max_steps
                            or (stop.reason is not None and not stop.interrupted))
-            if not (is_log_step or watch.due()):
+            is_checkpoint_step = checkpoint_every and step_number % checkpoint_every == 0
+            if not (is_log_step or is_checkpoint_step or watch.due()):
                 continue
-            loss_value = watch.read()
+            loss_value = watch.read()  # before a checkpoint too: it holds no unchecked loss
             if call_log and is_log_step:
                 metrics = {
                     "train/loss": loss_value,
@@ -136,6 +143,8 @@ def fit(state: LoopState, hook) -> dict[str, Any]:
                     "train/grad_norm": gradient_norm(run, progress),
                 }
                 hook.framework_log(state=state, step=step_number, metrics=metrics)
+            if is_checkpoint_step:
+                checkpointer.save(state)
         if watch.pending:  # an interruption between reads (GPU): check what the last steps gave
             watch.read()
     except KeyboardInterrupt as caught:  # no handler turned the signal into a stop request
@@ -149,6 +158,12 @@ def fit(state: LoopState, hook) -> dict[str, Any]:
         stop.replace("error")
     else:
         status = "interrupted" if stop.interrupted else "completed"
+    if checkpointer is not None and status != "failed":
+        try:
+            checkpointer.save_final(state)
+        except Exception as caught:  # e.g. a full disk: result.json still says what happened
+            status, error = "failed", caught
+            stop.replace("error")
     try:
         if error is not None:
             hook.framework_exception(state=state, error=error)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -47,10 +48,36 @@ def result_record(
     }
 
 
+def temporary_name(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: hidden, never a final name."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` so that a reader, or a kill at any instant, finds the old file or the new
+    one, never part of one: a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    temporary = temporary_name(path)
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    # The rename itself reaches the disk only once the folder is synced.
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     """Write result.json atomically, so a reader never sees half a file."""
     path = Path(run_dir) / RESULT_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(path)
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
     return path

@@ -1,7 +1,9 @@
-"""One training run from a composed config: seed, build, fit with the loggers attached."""
+"""One training run from a composed config: seed, build, resume or warm start, fit with the
+loggers and per-fit plugins attached, and SIGINT/SIGTERM turned into a clean stop."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -9,13 +11,38 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from framework.build import build_loggers, build_state
+from framework.checkpoints import Checkpointer
 from framework.devices import resolve_device, resolve_dtype, seed_everything
 from framework.errors import ConfigError
 from framework.loop import fit
-from framework.outputs import result_record, write_result
+from framework.outputs import RESULT_FILE, result_record, write_result
 from framework.plugin_manager import PluginManager, call_each
 from framework.registry import Registry
-from framework.schema import unknown_keys
+from framework.resume import resume_command, resume_from, warm_start
+from framework.schema import TrainerConfig, unknown_keys
+from framework.signals import Interrupted, stop_on_signals
+
+log = logging.getLogger("framework")
+
+
+def check_trainer(trainer: TrainerConfig) -> None:
+    """Range checks of the run-wide settings that the build does not already make."""
+    for key in ("checkpoint_every", "keep_checkpoints"):
+        value = getattr(trainer, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"trainer.{key} must be at least 1 or null, got {value}")
+    if trainer.resume is not None and trainer.init_from is not None:
+        raise ConfigError("trainer.resume and trainer.init_from are both set; resume goes on from a "
+                          "checkpoint, init_from starts a new run from weights: choose one")
+
+
+def run_hydra_job(cfg: DictConfig, *, manager: PluginManager, registry: Registry) -> dict[str, Any]:
+    """:func:`run_training` for the Hydra job being run: its folder, task choice and overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get()
+    return run_training(cfg, manager=manager, registry=registry, run_dir=Path(job.runtime.output_dir),
+                        task=job.runtime.choices.get("task"), overrides=list(job.overrides.task))
 
 
 def run_training(
@@ -27,7 +54,8 @@ def run_training(
     task: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train once and return what result.json holds; raise FrameworkError on bad input."""
+    """Train once and return what result.json holds; raise FrameworkError on bad input, and
+    :class:`framework.signals.Interrupted` after saving everything when a signal stopped it."""
     started = time.perf_counter()
     device = "unknown"
     registered = []
@@ -44,6 +72,7 @@ def run_training(
                 key, settings = unknown[0]
                 raise ConfigError(f"{key} is not a setting; the settings there are: {', '.join(settings)}")
             trainer = OmegaConf.to_object(cfg.trainer)
+            check_trainer(trainer)
             device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
             seed_everything(trainer.seed)
             state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
@@ -56,9 +85,14 @@ def run_training(
                     manager.register_plugin(plugin, name, f"added for this fit by plugin {provider}")
                     registered.append(name)
             manager.check_hooks()
+            if trainer.resume is not None:
+                resume_from(state, trainer.resume, manager)
+            elif trainer.init_from is not None:
+                warm_start(state, trainer.init_from)
         except BaseException as error:
-            # A run refused before its first step still leaves a result.json for sweep summaries.
-            if run_dir is not None:
+            # A run refused before its first step still leaves a result.json for sweep summaries,
+            # but never in place of the record of a run that did start (a refused resume).
+            if run_dir is not None and not (Path(run_dir) / RESULT_FILE).exists():
                 interrupted = isinstance(error, KeyboardInterrupt)
                 write_result(run_dir, result_record(
                     task=task, status="interrupted" if interrupted else "failed", steps=0,
@@ -66,7 +100,17 @@ def run_training(
                     device=device, stop_reason="interrupted" if interrupted else "error",
                 ))
             raise
-        return fit(state, manager.hook)
+        checkpointer = None if run_dir is None else Checkpointer(manager, run_dir, trainer.keep_checkpoints)
+        with stop_on_signals(state.progress.stop):
+            result = fit(state, manager.hook, checkpointer)
+        if result["status"] == "interrupted":
+            stop = state.progress.stop
+            message = f"interrupted at step {result['steps']}"
+            if run_dir is not None:
+                message += f"; resume with:\n  {resume_command(overrides or [], run_dir)}"
+            log.warning("%s", message)
+            raise Interrupted(stop.signal, message)
+        return result
     finally:
         for name in registered:
             manager.unregister(name=name)

@@ -36,6 +36,10 @@ class TrainerConfig:
     freeze: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names
     tolerance: Optional[float] = None  # stop once the step's loss is at or below this
     param_log_limit: int = 4096  # log values of models with at most this many numbers
+    checkpoint_every: Optional[int] = None  # also save a checkpoint every N steps (always at the end)
+    keep_checkpoints: Optional[int] = 3  # newest checkpoints kept; null: all
+    resume: Optional[str] = None  # a checkpoint file, or a run folder (its latest checkpoint)
+    init_from: Optional[str] = None  # model weights only: a run folder, checkpoint or .safetensors
 
 
 @dataclass

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, hookimpl, is_small_model
@@ -72,8 +73,14 @@ class TensorBoardLogger:
         # Imported here: tensorboard's import is slow and runs without it need not pay for it.
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=self.config.flush_secs)
-        self.writer.add_custom_scalars(LAYOUT)
+        resumed_at = state.progress.step
+        # A resumed run writes on into its own run folder. purge_step makes TensorBoard drop what
+        # the earlier process logged after the checkpoint, so the run stays one curve with no
+        # step twice.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=self.config.flush_secs,
+                                    purge_step=resumed_at + 1 if resumed_at else None)
+        if not resumed_at:
+            self.writer.add_custom_scalars(LAYOUT)
         self.log_params = self.config.params and is_small_model(state.run.model, state.run.trainer.param_log_limit)
 
     @hookimpl
@@ -94,6 +101,16 @@ class TensorBoardLogger:
         every = self.config.figure_every
         if self.config.figures and every and step % every == 0 and step != state.run.max_steps:
             self._figure(state, step, f"step {step}, loss {metrics['train/loss']:.4g}")
+
+    @hookimpl
+    def framework_state_dict(self, state):
+        steps, losses = zip(*self.loss_curve) if self.loss_curve else ((), ())
+        return {"loss_curve_steps": torch.tensor(steps, dtype=torch.int64),
+                "loss_curve": torch.tensor(losses, dtype=torch.float64)}
+
+    @hookimpl
+    def framework_load_state_dict(self, state, state_dict):
+        self.loss_curve = list(zip(state_dict["loss_curve_steps"].tolist(), state_dict["loss_curve"].tolist()))
 
     @hookimpl
     def framework_fit_end(self, state, result):

@@ -113,9 +113,13 @@ def test_grid_each_job_folder_is_one_tensorboard_run(grid):
         assert (job_dir / ".hydra" / "config.yaml").is_file(), job
         assert (job_dir / "result.json").is_file(), job
         assert list(job_dir.glob("events.out.tfevents.*")), f"no event file directly in {job}"
-        # No second (timestamped add_hparams) run, nor any other folder, inside the job's run.
+        # No second (timestamped add_hparams) run, nor any other folder, inside the job's run:
+        # Hydra's snapshot and the checkpoints only.
+        # (A diverged job keeps no checkpoint and no weights: they would be NaN.)
+        completed = json.loads((job_dir / "result.json").read_text())["status"] == "completed"
         sub_folders = sorted(p.name for p in job_dir.iterdir() if p.is_dir())
-        assert sub_folders == [".hydra"], f"{job}: {sub_folders}"
+        assert sub_folders == [".hydra", "checkpoints"] if completed else [".hydra"], f"{job}: {sub_folders}"
+        assert (job_dir / "model.safetensors").is_file() == completed, job
         every_event_file = list(job_dir.rglob("events.out.tfevents.*"))
         assert {p.parent for p in every_event_file} == {job_dir}, every_event_file
 

@@ -1,0 +1,145 @@
+"""The Python API, for notebooks and scripts: train a run as the command line would, and load a
+trained run back from its folder.
+
+    import framework
+    run = framework.train(["+task=polyfit", "trainer.max_steps=2000"])
+    run.result["final_loss"], run.model(x)
+    same = framework.load_run(run.dir)       # from model.safetensors, no pickled classes
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from framework.build import build_model
+from framework.data import Dataset
+from framework.errors import ConfigError
+from framework.locations import config_dir
+from framework.markers import hookimpl
+from framework.outputs import RESULT_FILE
+from framework.plugin_manager import build_registry, create_plugin_manager
+from framework.registry import Registry
+from framework.resume import hydra_value, resume_overrides
+from framework.schema import named_schema, store_configs
+from framework.sweeps import MULTIRUN_FLAGS, register_resolvers
+from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
+
+SNAPSHOT = Path(".hydra") / "config.yaml"  # Hydra's snapshot of the run's composed config
+
+
+@dataclass
+class Run:
+    """A trained run: its model, what result.json holds, its composed config, and its folder."""
+
+    model: torch.nn.Module
+    result: dict[str, Any]
+    config: DictConfig
+    dir: Path
+
+
+class _KeepModel:
+    """Takes the trained model from the fit, for :func:`train` to return."""
+
+    model: torch.nn.Module | None = None
+
+    @hookimpl
+    def framework_fit_end(self, state, result):
+        self.model = state.run.model
+
+
+def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
+    """Run one fit exactly as ``python -m framework OVERRIDES`` would: the same config
+    composition, plugins (entry points included), validation and run folder (Hydra's
+    ``outputs/<date>/<time>/``, or ``run_dir``).
+
+    Raises what the command line reports: :class:`framework.FrameworkError` (bad config or data,
+    a failing plugin, divergence), or ``KeyboardInterrupt`` after a Ctrl-C stopped and saved
+    the run. For sweeps use the command line (``-m``).
+    """
+    overrides = [str(item) for item in overrides]
+    if any(item in MULTIRUN_FLAGS for item in overrides):
+        raise ConfigError("framework.train runs one fit; run sweeps with python -m framework -m ...")
+    if run_dir is not None:
+        overrides.append(f"hydra.run.dir={hydra_value(str(Path(run_dir).resolve()))}")
+    overrides = resume_overrides(overrides)
+    manager = create_plugin_manager()
+    registry = build_registry(manager)
+    store_configs(registry)
+    register_resolvers()
+    keep = _KeepModel()
+    manager.register_plugin(keep, "framework.api", "framework.train")
+    outcome: dict[str, Any] = {}
+
+    def job(cfg: DictConfig) -> None:
+        from framework.cli import report_job_failure
+        from framework.run import run_hydra_job
+        from hydra.core.hydra_config import HydraConfig
+
+        outcome["config"], outcome["dir"] = cfg, Path(HydraConfig.get().runtime.output_dir)
+        try:
+            outcome["result"] = run_hydra_job(cfg, manager=manager, registry=registry)
+        except Exception as error:  # raised below, once Hydra is done, as the CLI does
+            report_job_failure(error, on_console=False)
+            outcome["error"] = error
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="framework"):
+            GlobalHydra.instance().hydra.run(config_name="config", task_function=job, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:  # a config that does not compose
+        from framework.cli import describe_error
+
+        raise ConfigError(describe_error(error)[0].removeprefix("error: ")) from error
+    finally:
+        GlobalHydra.instance().clear()
+    if "error" in outcome:
+        raise outcome["error"]
+    return Run(model=keep.model, result=outcome["result"], config=outcome["config"], dir=outcome["dir"])
+
+
+def rebuild_model(config: DictConfig, weights: dict[str, torch.Tensor], metadata: dict[str, Any],
+                  registry: Registry, source: str) -> torch.nn.Module:
+    """Build the run's model component from its config, for data of the saved column counts,
+    and load the weights into it."""
+    name = config.model.get("name")
+    component = registry.get("model", name)
+    model_config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(named_schema(component.config, name)),
+                                                       config.model))
+    dtype = getattr(torch, metadata.get("dtype", config.trainer.dtype))
+    # The factory gets the data's shapes only (no rows): the weights come from the file.
+    shapes = Dataset(torch.empty(0, metadata["feature_columns"], dtype=dtype),
+                     torch.empty(0, metadata["target_columns"], dtype=dtype), source="shapes only")
+    model = build_model(component, model_config, shapes, dtype, torch.device("cpu"))
+    load_model_weights(model, weights, source)
+    return model
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Rebuild a trained run from its folder: the model through the registry and
+    ``model.safetensors`` (no pickled classes), result.json and Hydra's config snapshot."""
+    run_dir = Path(run_dir).expanduser()
+    weights_path, snapshot = run_dir / WEIGHTS_FILE, run_dir / SNAPSHOT
+    if not snapshot.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no {SNAPSHOT})")
+    if not weights_path.is_file():
+        raise ConfigError(f"{run_dir} has no {WEIGHTS_FILE}: only runs that completed or were "
+                          "interrupted write their weights (see result.json for what happened)")
+    config = OmegaConf.load(snapshot)
+    weights, metadata = read_weights(weights_path)
+    if "feature_columns" not in metadata:
+        raise ConfigError(f"{weights_path} was not written by the framework (no '{'framework'}' metadata)")
+    registry = build_registry(create_plugin_manager())
+    model = rebuild_model(config, weights, metadata, registry, str(weights_path))
+    result_path = run_dir / RESULT_FILE
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    return Run(model=model, result=result, config=config, dir=run_dir)

@@ -1,0 +1,157 @@
+"""Checkpoints: what one holds, how it is saved (atomically, pruned) and how it is loaded (safely).
+
+A checkpoint is one ``torch.save`` file of tensors and plain containers, under the run folder's
+``checkpoints/``, named by its step so that names sort in step order
+(``step_0000001000.pt``). It holds the model, optimizer and scheduler state dicts, the progress
+(with every random generator's state), each stateful plugin's state, the composed config, and
+the framework and torch versions. It is loaded with ``torch.load(weights_only=True)`` and never
+with full unpickling, so a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from framework.errors import ConfigError, TrainingError
+from framework.outputs import atomic_write
+from framework.plugin_manager import PluginManager, call_each
+from framework.state import LoopState
+from framework.weights import save_weights
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+FORMAT = 1  # bumped when the contents change incompatibly
+_NAME = re.compile(r"^step_(\d{10})\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:010d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first (a save's temporary file is never listed)."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if _NAME.match(path.name))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def find_checkpoint(path: str | Path, setting: str) -> Path:
+    """A checkpoint file as given, or a run folder's latest checkpoint."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise ConfigError(f"{setting}={path}: the folder has no checkpoint (no {CHECKPOINT_DIR}/step_*.pt)")
+        return latest
+    if not path.is_file():
+        raise ConfigError(f"{setting}={path}: no such checkpoint file or run folder")
+    return path
+
+
+def versions() -> dict[str, str]:
+    try:
+        framework_version = importlib.metadata.version("framework")
+    except importlib.metadata.PackageNotFoundError:  # an uninstalled checkout
+        framework_version = "unknown"
+    return {"framework": framework_version, "torch": str(torch.__version__)}  # a str subclass otherwise
+
+
+def non_finite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity (one device sync per parameter)."""
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, Any]:
+    run = state.run
+    plugins = {name: saved for name, saved in call_each(manager, "framework_state_dict", state=state)
+               if saved is not None}
+    return {
+        "format": FORMAT,
+        "versions": versions(),
+        "task": run.task,
+        "components": dict(run.components),
+        "config": run.config,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+        "progress": state.progress.state_dict(),
+        "plugins": plugins,
+    }
+
+
+class Checkpointer:
+    """Saves a fit's checkpoints into ``<run_dir>/checkpoints``, keeping the newest ``keep``, and
+    at the end of the fit the model's weights into ``model.safetensors``."""
+
+    def __init__(self, manager: PluginManager, run_dir: Path, keep: int | None) -> None:
+        self.manager = manager
+        self.folder = Path(run_dir) / CHECKPOINT_DIR
+        self.keep = keep
+        self.last_saved_step: int | None = None
+        # A save killed before its rename leaves only its temporary file behind: never loaded.
+        for stale in self.folder.glob(".*.tmp"):  # see outputs.temporary_name
+            stale.unlink(missing_ok=True)
+
+    def save(self, state: LoopState) -> Path | None:
+        """Write a checkpoint of the current step; None (and a warning) if the weights are not finite."""
+        step = state.progress.step
+        bad = non_finite_parameters(state.run.model)
+        if bad:
+            log.warning("no checkpoint at step %d: parameters %s are not finite", step, ", ".join(bad))
+            return None
+        contents = checkpoint_contents(state, self.manager)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / checkpoint_name(step)
+        try:
+            atomic_write(path, lambda handle: torch.save(contents, handle))
+        except OSError as error:
+            raise TrainingError(f"could not save the checkpoint {path}: {error}") from error
+        self.last_saved_step = step
+        self.prune()
+        return path
+
+    def save_final(self, state: LoopState) -> None:
+        """At the end of a fit that completed or was interrupted: the last checkpoint (unless this
+        step's is saved already) and the weights, whatever the model's size."""
+        if self.last_saved_step != state.progress.step:
+            self.save(state)
+        save_weights(state.run, state.progress.step)
+
+    def prune(self) -> None:
+        if self.keep is None:
+            return
+        for old in list_checkpoints(self.folder.parent)[:-self.keep]:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; anything else is refused, never unpickled."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses every object that is not a tensor or a plain container.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"{path} is refused: it holds objects other than tensors and plain containers, which "
+            f"could run code when loaded, and checkpoints are only loaded safely (weights_only). "
+            f"({first_line})"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise ConfigError(f"{path} is not a readable checkpoint: {type(error).__name__}: {error}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a checkpoint of this framework (format {FORMAT})")
+    return checkpoint

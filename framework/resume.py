@@ -1,0 +1,167 @@
+"""Going on from a checkpoint (``trainer.resume``) or starting from saved weights
+(``trainer.init_from``), and the command that resumes an interrupted run.
+
+A resumed run continues the run it comes from, in that run's folder: its checkpoints, its
+TensorBoard curve (one curve, the steps logged after the checkpoint replaced), its log and its
+result.json. Hydra's snapshot of the resumed command goes to ``.hydra/resume_<time>/`` beside the
+original, which is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from framework.checkpoints import CHECKPOINT_DIR, find_checkpoint, latest_checkpoint, load_checkpoint
+from framework.errors import ConfigError
+from framework.plugin_manager import PluginManager, call_each
+from framework.state import LoopState
+from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
+
+log = logging.getLogger(__name__)
+
+RESUME_KEY = "trainer.resume"
+# Settings a resumed run may change: how long it runs, what it logs and saves, where it runs.
+# Everything else must equal the checkpoint's, or the run would not be the one it continues.
+MAY_CHANGE = (
+    "trainer.max_steps", "trainer.max_epochs", "trainer.log_every", "trainer.checkpoint_every",
+    "trainer.keep_checkpoints", "trainer.resume", "trainer.init_from", "trainer.device",
+    "trainer.tolerance", "trainer.param_log_limit", "logger",
+)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer.lr': 0.01, ...} from nested plain containers."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def check_compatible(checkpoint: dict[str, Any], state: LoopState, path: Path) -> None:
+    """Refuse a checkpoint of another task, other components or other settings, naming them."""
+    run = state.run
+    if checkpoint["task"] != run.task:
+        raise ConfigError(f"{path} is a checkpoint of task {checkpoint['task']}, not of {run.task}; "
+                          f"resume it with +task={checkpoint['task']}")
+    differ = [f"{kind} {saved} there, {run.components.get(kind)} here"
+              for kind, saved in checkpoint["components"].items() if run.components.get(kind) != saved]
+    if differ:
+        raise ConfigError(f"{path} was made with other components: {'; '.join(differ)}")
+    saved, current = flatten(checkpoint["config"]), flatten(run.config)
+    changed = [key for key in sorted(set(saved) | set(current))
+               if saved.get(key) != current.get(key) and not key.startswith(MAY_CHANGE)]
+    if changed:
+        listed = ", ".join(f"{key}={saved.get(key)!r} there but {current.get(key)!r} here" for key in changed)
+        raise ConfigError(
+            f"{path} was made with other settings: {listed}. A resumed run keeps the checkpoint's "
+            f"settings (only {', '.join(MAY_CHANGE)} may change); to start a new run from its "
+            f"weights, use trainer.init_from={path}"
+        )
+
+
+def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
+    """Load everything a checkpoint holds into the built run, the progress and the plugins."""
+    path = find_checkpoint(where, RESUME_KEY)
+    checkpoint = load_checkpoint(path)
+    check_compatible(checkpoint, state, path)
+    run = state.run
+    load_model_weights(run.model, checkpoint["model"], str(path))
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+    state.progress.load_state_dict(checkpoint["progress"])
+    for name, saved in checkpoint["plugins"].items():
+        if not call_each(manager, "framework_load_state_dict", only=[name], state=state, state_dict=saved):
+            log.warning("%s holds a state of plugin %r, which this run does not have; it is ignored", path, name)
+    log.info("resumed from %s at step %d", path, state.progress.step)
+    return path
+
+
+def initial_weights(where: str) -> tuple[dict[str, Any], str]:
+    """(weights, where they came from) for ``trainer.init_from``: a run folder (its
+    model.safetensors, else its latest checkpoint), a .safetensors file or a checkpoint."""
+    path = Path(where).expanduser()
+    if path.is_dir() and (path / WEIGHTS_FILE).is_file():
+        path = path / WEIGHTS_FILE
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise ConfigError(f"trainer.init_from={where}: no such file")
+        return read_weights(path)[0], str(path)
+    path = find_checkpoint(path, "trainer.init_from")
+    return load_checkpoint(path)["model"], str(path)
+
+
+def warm_start(state: LoopState, where: str) -> None:
+    """Load only the model's weights; the optimizer, scheduler and progress start afresh."""
+    weights, source = initial_weights(where)
+    load_model_weights(state.run.model, weights, source)
+    log.info("model weights loaded from %s", source)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------------
+
+
+def _resume_value(args: list[str]) -> str | None:
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith(RESUME_KEY + "="):
+            try:
+                value = parser.parse_override(arg).value()
+            except Exception:  # Hydra itself reports a malformed override
+                return None
+            return value if isinstance(value, str) else None
+    return None
+
+
+def run_folder_of(where: str) -> Path | None:
+    """The run folder a checkpoint belongs to: the folder itself, or <run>/checkpoints/<file>'s run."""
+    path = Path(where).expanduser()
+    if path.is_dir():
+        return path
+    if path.parent.name == CHECKPOINT_DIR:
+        return path.parent.parent
+    return None
+
+
+def hydra_value(value: str) -> str:
+    """A string as one Hydra override value: quoted when it holds Hydra syntax (job folders
+    hold '=' and ',')."""
+    if re.fullmatch(r"[\w./:+@~-]+", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def resume_overrides(args: list[str]) -> list[str]:
+    """A single run given ``trainer.resume`` writes into the run folder it resumes (unless
+    ``hydra.run.dir`` says otherwise), keeping that folder's original Hydra snapshot."""
+    if any(arg in ("-m", "--multirun") for arg in args) or any(arg.startswith("hydra.run.dir=") for arg in args):
+        return args
+    where = _resume_value(args)
+    folder = run_folder_of(where) if where else None
+    if folder is None or latest_checkpoint(folder) is None and not Path(where).is_file():
+        return args
+    extra = [f"hydra.run.dir={hydra_value(str(folder.resolve()))}"]
+    if not any(arg.startswith("hydra.output_subdir=") for arg in args):
+        extra.append("hydra.output_subdir=.hydra/resume_${now:%Y-%m-%d_%H-%M-%S}")
+    return [*args, *extra]
+
+
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The exact command that resumes the run in ``run_dir`` (an interrupted one)."""
+    folder = os.path.relpath(run_dir)
+    if folder.startswith(".."):
+        folder = str(run_dir)
+    kept = [item for item in overrides if not item.startswith((RESUME_KEY + "=", "hydra."))]
+    words = ["python", "-m", "framework", *kept, f"{RESUME_KEY}={hydra_value(folder)}"]
+    return " ".join(shlex.quote(word) for word in words)

@@ -1,0 +1,69 @@
+"""SIGINT and SIGTERM end a fit cleanly: the handler only sets the stop request, and the loop
+finishes the step, saves a checkpoint, lets the loggers finish and writes result.json.
+
+Cluster schedulers send SIGTERM before they kill a job; Ctrl-C sends SIGINT. A second signal
+while the run is ending is noted and ignored, so nothing half-written is left behind (SIGKILL
+remains the way to end a run at once; the checkpoints and result.json are written atomically,
+so even that leaves every file whole).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+
+from framework.state import StopRequest
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run ended by a signal, after saving what it had; exit status 128 + the signal number.
+
+    A KeyboardInterrupt, so that it passes through code (Hydra's, a sweep's) that catches
+    ``Exception``, and so stops a sweep as Ctrl-C does.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signal = signum
+        self.exit_code = 128 + signum
+        self.message = message
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    return getattr(interrupt, "exit_code", 128 + signal.SIGINT)
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    """The handler outside a fit: SIGTERM interrupts start-up as Ctrl-C does."""
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest):
+    """While the block runs, SIGINT and SIGTERM set ``stop`` instead of raising.
+
+    Signal handlers can only be set in the main thread; elsewhere (a thread launcher) the block
+    runs with the process's handlers as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if stop.request("interrupted", signal=signum):
+            print(f"\n{name}: stopping after this step (saving a checkpoint and the results)...",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"\n{name}: already stopping; the run is saving its results", file=sys.stderr, flush=True)
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

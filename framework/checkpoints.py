@@ -10,6 +10,7 @@ with full unpickling, so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import pickle
@@ -62,6 +63,7 @@ def find_checkpoint(path: str | Path, setting: str) -> Path:
     return path
 
 
+@functools.cache  # the metadata lookup costs more than the rest of a small checkpoint
 def versions() -> dict[str, str]:
     try:
         framework_version = importlib.metadata.version("framework")
@@ -81,7 +83,7 @@ def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, A
                if saved is not None}
     return {
         "format": FORMAT,
-        "versions": versions(),
+        "versions": dict(versions()),
         "task": run.task,
         "components": dict(run.components),
         "config": run.config,

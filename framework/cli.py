@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -24,11 +25,19 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from framework.errors import FrameworkError
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
+from framework.outputs import result_record, write_result
 from framework.resume import resume_overrides
 from framework.run import run_hydra_job
 from framework.schema import store_configs
-from framework.signals import exit_code, raise_interrupted
-from framework.sweeps import SweepSummary, exclude_fixed_overrides, register_resolvers, threads_per_job
+from framework.signals import Interrupted, exit_code, raise_interrupted
+from framework.sweeps import (
+    SweepSummary,
+    exclude_fixed_overrides,
+    interrupted_by,
+    mark_interrupted,
+    register_resolvers,
+    threads_per_job,
+)
 
 log = logging.getLogger("framework")
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
@@ -42,9 +51,10 @@ register_resolvers()
 def main() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
-    SweepSummary.failure = None
+    SweepSummary.failure = SweepSummary.interrupted = None
     try:
-        signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
         sys.argv = [sys.argv[0], *resume_overrides(exclude_fixed_overrides(sys.argv[1:]))]
         manager = create_plugin_manager()
         registry = build_registry(manager)
@@ -53,13 +63,24 @@ def main() -> None:
 
         def train(cfg: DictConfig) -> float | None:
             hydra_config = HydraConfig.get()
+            multirun = hydra_config.mode == RunMode.MULTIRUN
+            sweep_dir = Path(hydra_config.sweep.dir)
+            if multirun and interrupted_by(sweep_dir):
+                skip_job(hydra_config)
+                return math.inf
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)
             try:
                 result = run_hydra_job(cfg, manager=manager, registry=registry)
+            except Interrupted as interrupt:
+                if not multirun:
+                    raise
+                # The job saved what it had; the sweep ends once the other running jobs have
+                # (a parallel launcher would kill them if the interrupt reached it).
+                mark_interrupted(sweep_dir, interrupt.signal)
+                return math.inf
             except Exception as error:
-                multirun = hydra_config.mode == RunMode.MULTIRUN
                 report_job_failure(error, on_console=multirun)
                 if multirun:
                     # One failed job does not stop the sweep: the summary lists it, and a
@@ -75,6 +96,10 @@ def main() -> None:
         app()
         if failed_run:
             raise failed_run[0]
+        if SweepSummary.interrupted is not None:
+            print("interrupted: the jobs that were running saved a checkpoint (each one's log says how to "
+                  "resume it); the jobs that had not started are listed as interrupted", file=sys.stderr)
+            raise Interrupted(SweepSummary.interrupted, "sweep interrupted")
         if SweepSummary.failure is not None:
             raise SweepSummary.failure
     except KeyboardInterrupt as interrupt:
@@ -96,6 +121,15 @@ def main() -> None:
     finally:
         if not user_wants_traceback:
             os.environ.pop(FULL_ERROR_ENV, None)
+
+
+def skip_job(hydra_config) -> None:
+    """A job of an interrupted sweep does not start; its result says so."""
+    write_result(Path(hydra_config.runtime.output_dir), result_record(
+        task=hydra_config.runtime.choices.get("task"), status="interrupted", steps=0, final_loss=None,
+        params=None, wall_s=0.0, device="none", stop_reason="sweep interrupted",
+    ))
+    log.warning("not started: the sweep was interrupted")
 
 
 def report_job_failure(error: Exception, *, on_console: bool) -> None:

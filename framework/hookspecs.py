@@ -65,7 +65,9 @@ def framework_components() -> list[Component]:
 
     - data: ``factory(config, dtype=torch.dtype)`` returns :class:`framework.Dataset`.
     - model: ``factory(config, data=Dataset)`` returns a ``torch.nn.Module`` whose
-      ``forward(features)`` gives predictions shaped like ``data.targets``.
+      ``forward(features)`` gives predictions shaped like ``data.targets``. Build it from the
+      data's shapes only: ``framework.load_run`` rebuilds a trained model with a Dataset of
+      zero rows (the same column counts) and then loads its weights.
     - loss: ``factory(config)`` returns ``loss(predictions, targets) -> scalar tensor``.
     - optimizer: ``factory(config, params=list)`` returns a ``torch.optim.Optimizer``.
     - scheduler: ``factory(config, optimizer=Optimizer, max_steps=int)`` returns an object
@@ -176,7 +178,9 @@ def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> Non
 def framework_state_dict(state: LoopState) -> dict[str, Any] | None:
     """This plugin's own state, to be saved in a checkpoint (e.g. a logger's loss history).
 
-    Called at every checkpoint, for each plugin that implements it. Return tensors and plain
+    Called at every checkpoint, for each plugin that implements it. A logger that buffers
+    should flush here, so that what it logged up to the checkpoint survives a kill. Return
+    tensors and plain
     containers only (dicts, lists, tuples, numbers, strings, None): checkpoints load with
     ``torch.load(weights_only=True)``. Return None to save nothing. Each plugin's result is
     kept under its plugin name (``logger.tensorboard`` for a logger) and given back to the

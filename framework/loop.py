@@ -89,7 +89,8 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
     """Train until a stop is requested; always fire ``framework_fit_end`` and write result.json.
 
     With a ``checkpointer``, save every ``trainer.checkpoint_every`` steps, and at the end of a
-    fit that completed or was interrupted save the last checkpoint and the model's weights.
+    fit that completed or was stopped by a request (a signal) save the last checkpoint and the
+    model's weights.
     """
     run, progress = state.run, state.progress
     stop = progress.stop
@@ -158,7 +159,9 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         stop.replace("error")
     else:
         status = "interrupted" if stop.interrupted else "completed"
-    if checkpointer is not None and status != "failed":
+    # Saved only when the loop ended at a step boundary: an exception (even a bare Ctrl-C with
+    # no handler) may have left a step half done.
+    if checkpointer is not None and error is None:
         try:
             checkpointer.save_final(state)
         except Exception as caught:  # e.g. a full disk: result.json still says what happened

@@ -78,6 +78,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     """Write result.json atomically, so a reader never sees half a file."""
     path = Path(run_dir) / RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)  # a run refused before any logger made it
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
     return path

@@ -139,7 +139,7 @@ def hydra_value(value: str) -> str:
     hold '=' and ',')."""
     if re.fullmatch(r"[\w./:+@~-]+", value):
         return value
-    return "'" + value.replace("'", "\\'") + "'"
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def resume_overrides(args: list[str]) -> list[str]:

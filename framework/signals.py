@@ -10,9 +10,11 @@ so even that leaves every file whole).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 from framework.state import StopRequest
 
@@ -42,12 +44,60 @@ def raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def handled_signals() -> list[int]:
+    """The stop signals this process does not ignore."""
+    return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+
+
+def child_processes() -> list[int]:
+    """This process's children (a parallel launcher's workers), from /proc; none elsewhere."""
+    me, children = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == me:
+            children.append(int(entry))
+    return children
+
+
+def on_stop_signals(record: Callable[[int], None]) -> dict:
+    """For a sweep's own process: SIGINT and SIGTERM call ``record`` instead of raising, and a
+    SIGTERM is passed on to the workers, which each stop their job cleanly (a terminal's Ctrl-C
+    reaches them by itself). Returns the previous handlers, for :func:`restore_handlers`."""
+
+    def handle(signum: int, frame) -> None:
+        record(signum)
+        if signum == signal.SIGTERM:
+            for pid in child_processes():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handle) for signum in handled_signals()}
+
+
+def restore_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest):
     """While the block runs, SIGINT and SIGTERM set ``stop`` instead of raising.
 
     Signal handlers can only be set in the main thread; elsewhere (a thread launcher) the block
-    runs with the process's handlers as they are.
+    runs with the process's handlers as they are. A signal the process was started ignoring
+    (SIGINT for a background job of a script) stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -61,9 +111,8 @@ def stop_on_signals(stop: StopRequest):
         else:
             print(f"\n{name}: already stopping; the run is saving its results", file=sys.stderr, flush=True)
 
-    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, request_stop) for signum in handled_signals()}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous)

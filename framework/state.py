@@ -84,7 +84,10 @@ class StopRequest:
 
 def random_states() -> dict[str, Any]:
     """The global generators' states: python, numpy (when installed), torch, and CUDA when used."""
-    states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    # One tensor rather than 625 ints: pickling them one by one made up half a small checkpoint.
+    states: dict[str, Any] = {"python": (version, torch.tensor(internal, dtype=torch.int64), gauss),
+                              "torch": torch.get_rng_state()}
     try:
         import numpy
     except ImportError:  # numpy is optional for the core
@@ -101,7 +104,7 @@ def random_states() -> dict[str, Any]:
 
 def set_random_states(states: dict[str, Any]) -> None:
     version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate((version, tuple(internal.tolist()), gauss))
     torch.set_rng_state(states["torch"])
     if "numpy" in states:
         import numpy

@@ -22,11 +22,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import TrainingError
-from framework.outputs import RESULT_FILE
+from framework.outputs import RESULT_FILE, atomic_write
+from framework.signals import on_stop_signals, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+INTERRUPTED_MARK = ".interrupted"  # in a sweep folder: the signal that stopped the sweep
 SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
 _LOG_ERROR = re.compile(r"\]\[ERROR\] - (.*)$")
 
@@ -76,6 +78,29 @@ def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:
     cores = cores or os.cpu_count() or 1
     workers = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
     return max(1, cores // workers)
+
+
+# --------------------------------------------------------------------------------------------
+# An interrupted sweep: the running jobs stop cleanly, the others do not start
+# --------------------------------------------------------------------------------------------
+
+
+def mark_interrupted(sweep_dir: Path, signum: int) -> None:
+    """Record that a signal stopped the sweep; jobs read it before they start (they may run in
+    other processes, so the mark is a file)."""
+    mark = Path(sweep_dir) / INTERRUPTED_MARK
+    if not mark.exists():
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(mark, lambda handle: handle.write(str(signum).encode()))
+
+
+def interrupted_by(sweep_dir: Path) -> int | None:
+    """The signal that stopped the sweep, or None."""
+    mark = Path(sweep_dir) / INTERRUPTED_MARK
+    try:
+        return int(mark.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +158,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(_cell(rank if c == "rank" else row[c]) for c in columns) + " |")
     failed = [row for row in rows if row["status"] != "completed"]
     if failed:
-        lines += ["", "Failed jobs:"] + [f"- {row['job']}: {row['error'] or row['stop_reason']}" for row in failed]
+        lines += ["", "Jobs that did not complete:"] + [f"- {row['job']}: {row['error'] or row['stop_reason']}" for row in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -159,16 +184,26 @@ class SweepFailed(TrainingError):
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, print and save the table of its jobs.
+    """Hydra callback: while a multirun runs, a signal marks the sweep interrupted instead of
+    killing it (so parallel workers can finish their jobs' outputs); when it ends, print and
+    save the table of its jobs.
 
     Hydra turns an exception raised here into a warning, so failed jobs are kept in
-    ``failure`` for the CLI to turn into the exit status.
+    ``failure``, and the signal that interrupted the sweep in ``interrupted``, for the CLI to
+    turn into the exit status.
     """
 
     failure: SweepFailed | None = None
+    interrupted: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        restore_handlers(getattr(self, "previous_handlers", {}))
         sweep_dir = Path(config.hydra.sweep.dir)
+        SweepSummary.interrupted = interrupted_by(sweep_dir)
         rows = collect_jobs(sweep_dir)
         if not rows:
             return

@@ -81,6 +81,7 @@ class TensorBoardLogger:
                                     purge_step=resumed_at + 1 if resumed_at else None)
         if not resumed_at:
             self.writer.add_custom_scalars(LAYOUT)
+            self._start_session(state)
         self.log_params = self.config.params and is_small_model(state.run.model, state.run.trainer.param_log_limit)
 
     @hookimpl
@@ -104,6 +105,10 @@ class TensorBoardLogger:
 
     @hookimpl
     def framework_state_dict(self, state):
+        if self.writer is not None:
+            # What was logged up to a checkpoint is on disk with it, so that a run killed later
+            # and resumed from it shows no gap.
+            self.writer.flush()
         steps, losses = zip(*self.loss_curve) if self.loss_curve else ((), ())
         return {"loss_curve_steps": torch.tensor(steps, dtype=torch.int64),
                 "loss_curve": torch.tensor(losses, dtype=torch.float64)}
@@ -138,22 +143,45 @@ class TensorBoardLogger:
             tag, image = drawn
             self.writer.add_image(tag, image, step, dataformats="HWC")
 
-    def _write_hparams(self, state, result):
+    # HParams: TensorBoard keeps the first summary of each tag in a run folder, so the session's
+    # start is written once, when the run first starts, and its end once, when the run ends for
+    # good. An interrupted run's session stays open until a resumed run ends it. The metrics are
+    # scalars, of which TensorBoard shows the latest. Both go through this run's own writer
+    # (add_hparams would make a second, timestamped run), and neither is an experiment summary:
+    # TensorBoard builds the experiment from all runs, where one run's would stand for them all.
+
+    def _start_session(self, state):
         from torch.utils.tensorboard.summary import hparams
 
         settings = run_hparams(self.run_config, self.run_overrides, state.run.task)
-        settings.update(status=result["status"], stop_reason=result["stop_reason"] or "none")
+        _experiment, session_start, _session_end = hparams(settings, {})
+        self.writer.file_writer.add_summary(session_start)
+
+    def _write_hparams(self, state, result):
+        from torch.utils.tensorboard.summary import hparams
+
         metrics = {"hparams/steps": result["steps"], "hparams/wall_s": result["wall_s"]}
         if result["final_loss"] is not None and math.isfinite(result["final_loss"]):
             metrics["hparams/final_loss"] = result["final_loss"]
-        # Written through this run's own writer: add_hparams would make a second, timestamped run.
-        # Only the session summaries: TensorBoard builds the experiment (each hparam's values
-        # across runs, the metrics) from all runs, where one run's own would stand for them all.
-        _experiment, session_start, session_end = hparams(settings, metrics)
-        for summary in (session_start, session_end):
-            self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, result["steps"])
+        if result["status"] == "interrupted":
+            return
+        _experiment, _session_start, session_end = hparams({}, metrics)
+        if result["status"] != "completed":
+            session_end = failed_session(session_end)
+        self.writer.file_writer.add_summary(session_end)
+
+
+def failed_session(session_end):
+    """torch's session-end summary (always STATUS_SUCCESS) with STATUS_FAILURE instead."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    metadata = session_end.value[0].metadata.plugin_data
+    content = plugin_data_pb2.HParamsPluginData.FromString(metadata.content)
+    content.session_end_info.status = api_pb2.Status.Value("STATUS_FAILURE")
+    metadata.content = content.SerializeToString()
+    return session_end
 
 
 @hookimpl

@@ -6,16 +6,15 @@ repository is involved."""
 from __future__ import annotations
 
 import json
-import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from framework.locations import config_dir
 
-from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV
+from framework.markers import DISABLE_PLUGINS_ENV
 from tests.conftest import run_cli
+from tests.plugin_site import install_distribution, plugin_env
 
 ENTRY_POINT = "acme"
 
@@ -69,23 +68,12 @@ BASE_ARGS = ("data=polynomial", "loss=mse", "optimizer=sgd", "optimizer.lr=1e-4"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A folder holding the installed distribution ``acme-models`` (package + dist-info)."""
-    root = tmp_path_factory.mktemp("site")
-    package = root / "acme_models"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "plugin.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
-    info = root / "acme_models-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-models\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[framework]\n{ENTRY_POINT} = acme_models.plugin\n")
-    return root
+    return install_distribution(tmp_path_factory.mktemp("site"), distribution="acme-models", package="acme_models",
+                                source=PLUGIN_SOURCE, entry_point=ENTRY_POINT)
 
 
 def run_with_plugin(site: Path, cwd: Path, *args: str, **extra_env: str):
-    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    # Entry points on and nothing disabled, whatever the developer's shell says.
-    env = {"PYTHONPATH": pythonpath, DISABLE_AUTOLOAD_ENV: "", DISABLE_PLUGINS_ENV: "", **extra_env}
-    return run_cli(*args, cwd=cwd, env=env, timeout=120)
+    return run_cli(*args, cwd=cwd, env=plugin_env(site, **extra_env), timeout=120)
 
 
 # The model group holds the built-in models and the YAML model variants of conf/model/.

@@ -6,7 +6,6 @@ import dataclasses
 import random
 
 import numpy
-import pytest
 import torch
 
 from framework import hookimpl

@@ -29,7 +29,7 @@ from framework.markers import hookimpl
 from framework.outputs import RESULT_FILE
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.registry import Registry
-from framework.resume import hydra_value, resume_overrides
+from framework.resume import hydra_value, run_folder_overrides
 from framework.schema import named_schema, store_configs
 from framework.sweeps import MULTIRUN_FLAGS, register_resolvers
 from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
@@ -71,7 +71,7 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
         raise ConfigError("framework.train runs one fit; run sweeps with python -m framework -m ...")
     if run_dir is not None:
         overrides.append(f"hydra.run.dir={hydra_value(str(Path(run_dir).resolve()))}")
-    overrides = resume_overrides(overrides)
+    overrides = run_folder_overrides(overrides)
     manager = create_plugin_manager()
     registry = build_registry(manager)
     store_configs(registry)

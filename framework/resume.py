@@ -9,6 +9,7 @@ original, which is kept.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from framework.checkpoints import CHECKPOINT_DIR, find_checkpoint, latest_checkpoint, load_checkpoint
 from framework.errors import ConfigError
+from framework.outputs import RESULT_FILE
 from framework.plugin_manager import PluginManager, call_each
 from framework.state import LoopState
 from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
@@ -61,9 +63,10 @@ def check_compatible(checkpoint: dict[str, Any], state: LoopState, path: Path) -
                if saved.get(key) != current.get(key) and not key.startswith(MAY_CHANGE)]
     if changed:
         listed = ", ".join(f"{key}={saved.get(key)!r} there but {current.get(key)!r} here" for key in changed)
+        free = [key for key in MAY_CHANGE if key not in (RESUME_KEY, "trainer.init_from")]
         raise ConfigError(
             f"{path} was made with other settings: {listed}. A resumed run keeps the checkpoint's "
-            f"settings (only {', '.join(MAY_CHANGE)} may change); to start a new run from its "
+            f"settings (only {', '.join(free)} may change); to start a new run from its "
             f"weights, use trainer.init_from={path}"
         )
 
@@ -79,6 +82,9 @@ def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
     if run.scheduler is not None:
         run.scheduler.load_state_dict(checkpoint["scheduler"])
     state.progress.load_state_dict(checkpoint["progress"])
+    if state.progress.step >= run.max_steps:
+        log.warning("the checkpoint is at step %d, which trainer.max_steps=%s (or max_epochs) has reached: "
+                    "nothing is left to train; raise it to go on", state.progress.step, run.trainer.max_steps)
     for name, saved in checkpoint["plugins"].items():
         if not call_each(manager, "framework_load_state_dict", only=[name], state=state, state_dict=saved):
             log.warning("%s holds a state of plugin %r, which this run does not have; it is ignored", path, name)
@@ -112,10 +118,10 @@ def warm_start(state: LoopState, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _resume_value(args: list[str]) -> str | None:
+def _override_value(args: list[str], key: str) -> str | None:
     parser = OverridesParser.create()
     for arg in args:
-        if arg.startswith(RESUME_KEY + "="):
+        if arg.startswith(key + "="):
             try:
                 value = parser.parse_override(arg).value()
             except Exception:  # Hydra itself reports a malformed override
@@ -142,12 +148,38 @@ def hydra_value(value: str) -> str:
     return '"' + value.replace('"', '\\"') + '"'
 
 
-def resume_overrides(args: list[str]) -> list[str]:
-    """A single run given ``trainer.resume`` writes into the run folder it resumes (unless
-    ``hydra.run.dir`` says otherwise), keeping that folder's original Hydra snapshot."""
-    if any(arg in ("-m", "--multirun") for arg in args) or any(arg.startswith("hydra.run.dir=") for arg in args):
+def holds_a_trained_run(folder: Path) -> bool:
+    """Whether a run that took steps has written into ``folder`` (a refused run has not)."""
+    if latest_checkpoint(folder) is not None:
+        return True
+    try:
+        return json.loads((folder / RESULT_FILE).read_text()).get("steps", 0) > 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run_folder_overrides(args: list[str]) -> list[str]:
+    """Where a run writes, decided before Hydra writes anything there.
+
+    A single run given ``trainer.resume`` writes into the run folder it resumes (unless
+    ``hydra.run.dir`` says otherwise), keeping that folder's original Hydra snapshot. A new run
+    never writes into a folder that holds a trained run (it would overwrite its record and
+    double its curves); a sweep resumes no job (each job's log has its own resume command).
+    """
+    where = _override_value(args, RESUME_KEY)
+    if any(arg in ("-m", "--multirun") for arg in args):
+        if where is not None:
+            raise ConfigError(f"{RESUME_KEY} resumes one run, not a sweep: resume each interrupted job "
+                              "with the command its log ends with")
         return args
-    where = _resume_value(args)
+    chosen = _override_value(args, "hydra.run.dir")
+    if chosen is not None:
+        if where is None and holds_a_trained_run(Path(chosen)):
+            raise ConfigError(
+                f"hydra.run.dir={chosen} already holds a run; resume it with {RESUME_KEY}={chosen}, "
+                "or choose another folder"
+            )
+        return args
     folder = run_folder_of(where) if where else None
     if folder is None or latest_checkpoint(folder) is None and not Path(where).is_file():
         return args

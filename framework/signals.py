@@ -105,7 +105,7 @@ def stop_on_signals(stop: StopRequest):
 
     def request_stop(signum: int, frame) -> None:
         name = signal.Signals(signum).name
-        if stop.request("interrupted", signal=signum):
+        if stop.request(name, signal=signum):
             print(f"\n{name}: stopping after this step (saving a checkpoint and the results)...",
                   file=sys.stderr, flush=True)
         else:

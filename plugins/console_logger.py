@@ -33,10 +33,9 @@ class ConsoleLogger:
             # tqdm redraws at most every 0.1 s, whatever the step rate.
             self.bar = tqdm(total=run.max_steps, initial=done, desc=label, unit="step", mininterval=0.1,
                             dynamic_ncols=True, leave=False)
-        start = f"from step {done} " if done else ""
-        log.info("%s: training %s on %s rows %sfor %d steps on %s (%d threads)", label,
-                 type(run.model).__name__, len(run.data), start, run.max_steps, run.device,
-                 torch.get_num_threads())
+        span = f"from step {done} to step {run.max_steps}" if done else f"for {run.max_steps} steps"
+        log.info("%s: training %s on %s rows %s on %s (%d threads)", label,
+                 type(run.model).__name__, len(run.data), span, run.device, torch.get_num_threads())
 
     @hookimpl
     def framework_log(self, state, step, metrics):

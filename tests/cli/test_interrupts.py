@@ -145,7 +145,7 @@ def test_sigterm_saves_everything_prints_the_resume_command_and_exits_143(uninte
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     result = json.loads((run_dir / "result.json").read_text())
-    assert (result["status"], result["stop_reason"]) == ("interrupted", "interrupted")
+    assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM")
     assert list_checkpoints(run_dir)[-1].name == f"step_{result['steps']:010d}.pt"
     assert read_weights(run_dir / "model.safetensors")[1]["step"] == result["steps"]
     end_of_run_outputs_were_written(run_dir)
@@ -157,6 +157,13 @@ def test_sigterm_saves_everything_prints_the_resume_command_and_exits_143(uninte
     resumed = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_sweep_resumes_no_job(tmp_path):
+    completed = run_cli("-m", "+task=linear", "optimizer.lr=0.1,0.2", f"trainer.resume={tmp_path}", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert "trainer.resume resumes one run, not a sweep" in completed.stderr
+    assert not (tmp_path / "multirun").exists()
 
 
 def test_a_second_ctrl_c_while_the_run_saves_corrupts_nothing(tmp_path):

@@ -69,6 +69,18 @@ def test_train_reports_bad_config_and_failures_as_the_cli_does(tmp_path):
         framework.train(["-m", "+task=polyfit"])
 
 
+def test_a_new_run_never_writes_into_a_folder_holding_a_trained_run(tmp_path):
+    framework.train(["+task=linear", "trainer.max_steps=5"], run_dir=tmp_path / "run")
+    kept = {name: (tmp_path / "run" / name).read_bytes() for name in ("result.json", ".hydra/config.yaml")}
+    with pytest.raises(ConfigError, match="already holds a run; resume it with trainer.resume="):
+        framework.train(["+task=polyfit"], run_dir=tmp_path / "run")
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in kept} == kept
+    # A folder whose run was refused before its first step can be used again.
+    with pytest.raises(ConfigError):
+        framework.train(["+task=linear", "trainer.max_steps=0"], run_dir=tmp_path / "refused")
+    assert framework.train(["+task=linear", "trainer.max_steps=3"], run_dir=tmp_path / "refused").result["steps"] == 3
+
+
 def test_train_resumes_a_run_in_its_own_folder(tmp_path):
     first = framework.train(["+task=linear", "trainer.max_steps=50"], run_dir=tmp_path / "run")
     again = framework.train(["+task=linear", "trainer.max_steps=80", f"trainer.resume={first.dir}"])

@@ -66,7 +66,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(case, train, manager, tmp_
     manager.unregister(stopper)
     assert caught.value.exit_code == 130
     result = json.loads((tmp_path / "stopped" / "result.json").read_text())
-    assert (result["status"], result["steps"], result["stop_reason"]) == ("interrupted", stop_at, "interrupted")
+    assert (result["status"], result["steps"], result["stop_reason"]) == ("interrupted", stop_at, "SIGINT")
     assert [path.name for path in list_checkpoints(tmp_path / "stopped")] == [f"step_{stop_at:010d}.pt"]
     assert (tmp_path / "stopped" / "model.safetensors").is_file()
 
@@ -89,6 +89,14 @@ def test_resuming_from_an_earlier_checkpoint_replaces_what_was_logged_after_it(t
     assert_identical(final_checkpoint(tmp_path / "twice")["model"], before["model"])
     steps = [step for step, _ in curves(tmp_path / "twice")["train/loss"]]
     assert steps == sorted(set(steps)) == [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+
+
+def test_resuming_a_run_that_has_reached_its_limit_says_nothing_is_left(train, tmp_path, caplog):
+    overrides = ["+task=linear", "trainer.max_steps=30", *COMMON]
+    train(overrides, run_dir=tmp_path, task="linear")
+    result = train([*overrides, f"trainer.resume={tmp_path}"], run_dir=tmp_path, task="linear")
+    assert result["steps"] == 30
+    assert "nothing is left to train; raise it to go on" in caplog.text
 
 
 def test_a_run_can_be_resumed_for_more_steps(train, tmp_path):

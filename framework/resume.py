@@ -173,17 +173,17 @@ def run_folder_overrides(args: list[str]) -> list[str]:
                               "with the command its log ends with")
         return args
     chosen = _override_value(args, "hydra.run.dir")
-    if chosen is not None:
-        if where is None and holds_a_trained_run(Path(chosen)):
+    if where is None:
+        if chosen is not None and holds_a_trained_run(Path(chosen)):
             raise ConfigError(
                 f"hydra.run.dir={chosen} already holds a run; resume it with {RESUME_KEY}={chosen}, "
                 "or choose another folder"
             )
         return args
-    folder = run_folder_of(where) if where else None
-    if folder is None or latest_checkpoint(folder) is None and not Path(where).is_file():
-        return args
-    extra = [f"hydra.run.dir={hydra_value(str(folder.resolve()))}"]
+    folder = Path(chosen) if chosen is not None else run_folder_of(where)
+    if folder is None or not holds_a_trained_run(folder):
+        return args  # a new folder: Hydra's own, or the one named
+    extra = [] if chosen is not None else [f"hydra.run.dir={hydra_value(str(folder.resolve()))}"]
     if not any(arg.startswith("hydra.output_subdir=") for arg in args):
         extra.append("hydra.output_subdir=.hydra/resume_${now:%Y-%m-%d_%H-%M-%S}")
     return [*args, *extra]

@@ -83,6 +83,11 @@ def test_a_new_run_never_writes_into_a_folder_holding_a_trained_run(tmp_path):
 
 def test_train_resumes_a_run_in_its_own_folder(tmp_path):
     first = framework.train(["+task=linear", "trainer.max_steps=50"], run_dir=tmp_path / "run")
+    snapshot = (first.dir / ".hydra" / "config.yaml").read_text()
     again = framework.train(["+task=linear", "trainer.max_steps=80", f"trainer.resume={first.dir}"])
     assert again.dir == first.dir and again.result["steps"] == 80
-    assert list((first.dir / ".hydra").glob("resume_*/config.yaml"))
+    # Naming the folder as well changes nothing: the original snapshot is kept either way.
+    third = framework.train(["+task=linear", "trainer.max_steps=90", f"trainer.resume={first.dir}"], run_dir=first.dir)
+    assert third.result["steps"] == 90
+    assert (first.dir / ".hydra" / "config.yaml").read_text() == snapshot
+    assert len(list((first.dir / ".hydra").glob("resume_*/config.yaml"))) >= 1

@@ -56,13 +56,18 @@ def train(manager, registry, compose_config):
     return train_with
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m framework ARGS`` in a subprocess, as a user would."""
+def cli_env(env: dict | None = None) -> dict[str, str]:
+    """A user's environment for ``python -m framework`` (no HYDRA_FULL_ERROR), plus ``env``."""
     full_env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     full_env.update(env or {})
+    return full_env
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m framework ARGS`` in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "framework", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout,
     )
 
 

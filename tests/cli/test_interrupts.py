@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from framework.checkpoints import list_checkpoints, load_checkpoint
 from framework.weights import read_weights
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 from tests.framework.compare import assert_same_run
 from tests.plugin_site import install_distribution, plugin_env
 
@@ -35,9 +35,7 @@ def as_from_a_terminal() -> None:
 
 def start(cwd: Path, *args: str, env: dict | None = None, stdout=subprocess.PIPE) -> subprocess.Popen:
     """``python -m framework ARGS`` in its own process group, as a terminal would run it."""
-    full_env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "framework", *args], cwd=cwd, env=full_env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "framework", *args], cwd=cwd, env=cli_env(env), text=True,
                             stdout=stdout, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=as_from_a_terminal)
 

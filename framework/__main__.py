@@ -4,15 +4,41 @@ Start-up imports torch and Hydra, which takes seconds; a Ctrl-C meanwhile is rep
 line, not as a traceback through the import machinery.
 """
 
+import os
+import signal
 import sys
+
+STARTUP_INTERRUPTED = "interrupted during start-up; nothing was run"
+
+
+def _stop_at_startup() -> None:
+    print(STARTUP_INTERRUPTED, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Not sys.exit: a Ctrl-C that lands in code an extension runs while it imports is marked
+    # unhandled inside CPython, which then ends the process by SIGINT (status -2) whatever
+    # sys.exit asked for. Nothing has started yet, so os._exit skips nothing.
+    os._exit(128 + signal.SIGINT)
 
 
 def main() -> None:
+    received = []
+
+    def on_sigint(signum, frame):
+        received.append(signum)  # kept even if a library's bare except swallows the raise
+        raise KeyboardInterrupt
+
+    ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not when ignored
+    if ours:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         from framework.cli import main as cli_main
     except KeyboardInterrupt:
-        print("interrupted during start-up; nothing was run", file=sys.stderr)
-        sys.exit(130)
+        _stop_at_startup()
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        _stop_at_startup()
     cli_main()
 
 

@@ -198,10 +198,10 @@ def test_a_run_started_ignoring_sigint_goes_on(tmp_path):
     assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
 def test_ctrl_c_during_start_up_prints_one_line(tmp_path, delay):
     process = start(tmp_path, "+task=linear", f"hydra.run.dir={tmp_path / 'run'}")
-    time.sleep(delay)  # torch and Hydra are still importing
+    time.sleep(delay)  # torch and Hydra are still importing, or Hydra is composing the config
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130

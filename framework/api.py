@@ -32,7 +32,7 @@ from framework.registry import Registry
 from framework.resume import hydra_value, run_folder_overrides
 from framework.schema import named_schema, store_configs
 from framework.sweeps import MULTIRUN_FLAGS, register_resolvers
-from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
+from framework.weights import METADATA_KEY, WEIGHTS_FILE, load_model_weights, read_weights
 
 SNAPSHOT = Path(".hydra") / "config.yaml"  # Hydra's snapshot of the run's composed config
 
@@ -137,7 +137,7 @@ def load_run(run_dir: str | Path) -> Run:
     config = OmegaConf.load(snapshot)
     weights, metadata = read_weights(weights_path)
     if "feature_columns" not in metadata:
-        raise ConfigError(f"{weights_path} was not written by the framework (no '{'framework'}' metadata)")
+        raise ConfigError(f"{weights_path} was not written by the framework (no '{METADATA_KEY}' metadata)")
     registry = build_registry(create_plugin_manager())
     model = rebuild_model(config, weights, metadata, registry, str(weights_path))
     result_path = run_dir / RESULT_FILE

@@ -25,7 +25,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from framework.errors import FrameworkError
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
-from framework.outputs import result_record, write_result
+from framework.outputs import unstarted_result, write_result
 from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
 from framework.schema import store_configs
@@ -125,9 +125,9 @@ def main() -> None:
 
 def skip_job(hydra_config) -> None:
     """A job of an interrupted sweep does not start; its result says so."""
-    write_result(Path(hydra_config.runtime.output_dir), result_record(
-        task=hydra_config.runtime.choices.get("task"), status="interrupted", steps=0, final_loss=None,
-        params=None, wall_s=0.0, device="none", stop_reason="sweep interrupted",
+    write_result(Path(hydra_config.runtime.output_dir), unstarted_result(
+        task=hydra_config.runtime.choices.get("task"), status="interrupted", stop_reason="sweep interrupted",
+        device="none", wall_s=0.0,
     ))
     log.warning("not started: the sweep was interrupted")
 

@@ -48,6 +48,13 @@ def result_record(
     }
 
 
+def unstarted_result(*, task, status, stop_reason, device, wall_s) -> dict[str, Any]:
+    """result.json of a run that never took a step (refused, interrupted at start-up, or a job of
+    an interrupted sweep), so that sweep summaries list it."""
+    return result_record(task=task, status=status, steps=0, final_loss=None, params=None, wall_s=wall_s,
+                         device=device, stop_reason=stop_reason)
+
+
 def temporary_name(path: Path) -> Path:
     """Where ``path`` is written before it is renamed into place: hidden, never a final name."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")

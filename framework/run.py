@@ -15,7 +15,7 @@ from framework.checkpoints import Checkpointer
 from framework.devices import resolve_device, resolve_dtype, seed_everything
 from framework.errors import ConfigError
 from framework.loop import fit
-from framework.outputs import RESULT_FILE, result_record, write_result
+from framework.outputs import RESULT_FILE, unstarted_result, write_result
 from framework.plugin_manager import PluginManager, call_each
 from framework.registry import Registry
 from framework.resume import resume_command, resume_from, warm_start
@@ -94,10 +94,10 @@ def run_training(
             # but never in place of the record of a run that did start (a refused resume).
             if run_dir is not None and not (Path(run_dir) / RESULT_FILE).exists():
                 interrupted = isinstance(error, KeyboardInterrupt)
-                write_result(run_dir, result_record(
-                    task=task, status="interrupted" if interrupted else "failed", steps=0,
-                    final_loss=None, params=None, wall_s=time.perf_counter() - started,
-                    device=device, stop_reason="interrupted" if interrupted else "error",
+                write_result(run_dir, unstarted_result(
+                    task=task, status="interrupted" if interrupted else "failed",
+                    stop_reason="interrupted" if interrupted else "error", device=device,
+                    wall_s=time.perf_counter() - started,
                 ))
             raise
         checkpointer = None if run_dir is None else Checkpointer(manager, run_dir, trainer.keep_checkpoints)

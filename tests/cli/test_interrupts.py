@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from framework.checkpoints import list_checkpoints, load_checkpoint
 from framework.weights import read_weights
 from tests.conftest import cli_env, run_cli
-from tests.framework.compare import assert_same_run
+from tests.framework.compare import assert_same_run, events
 from tests.plugin_site import install_distribution, plugin_env
 
 # About a millisecond a step on 50 000 rows: long enough to be caught mid-run, short to finish.
@@ -59,8 +58,7 @@ def has_checkpoints(run_dir: Path, count: int):
 def end_of_run_outputs_were_written(run_dir: Path) -> None:
     """What the loggers write at the end: the figures and the HParams metrics (the HParams
     session stays open: a resumed run ends it)."""
-    accumulator = EventAccumulator(str(run_dir))
-    accumulator.Reload()
+    accumulator = events(run_dir)
     assert {"fit/loss", "fit/curve"} <= set(accumulator.Tags()["images"])
     assert "hparams/final_loss" in accumulator.Tags()["scalars"]
     assert set(accumulator.PluginTagToContent("hparams")) == {"_hparams_/session_start_info"}

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import run_cli
+from tests.framework.compare import events, hparams_data
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -54,18 +54,6 @@ def launch_sweep(base: Path, *args: str) -> Sweep:
     sweep_dir = base / "sweep"
     process = run_cli("-m", *args, f"hydra.sweep.dir={sweep_dir}", cwd=base)
     return Sweep(process, sweep_dir)
-
-
-def events(job_dir: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(job_dir))
-    accumulator.Reload()
-    return accumulator
-
-
-def hparams_data(accumulator: EventAccumulator) -> dict[str, plugin_data_pb2.HParamsPluginData]:
-    """The hparams plugin's summaries of a run, by tag, decoded."""
-    content = accumulator.PluginTagToContent("hparams")
-    return {tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()}
 
 
 def session_hparams(accumulator: EventAccumulator) -> dict:

@@ -57,11 +57,11 @@ def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in CURVE_TAGS}
 
 
-def hparams_summaries(run_dir: Path) -> dict[str, plugin_data_pb2.HParamsPluginData]:
-    """The HParams session summaries TensorBoard reads (the first of each tag in the folder),
-    decoded: the serialised order of their maps varies from process to process."""
-    content = events(run_dir).PluginTagToContent("hparams")
-    return {tag: plugin_data_pb2.HParamsPluginData.FromString(blob) for tag, blob in content.items()}
+def hparams_data(accumulator: EventAccumulator) -> dict[str, plugin_data_pb2.HParamsPluginData]:
+    """The hparams plugin's summaries of a run, by tag, decoded (TensorBoard reads the first of
+    each tag; compare them decoded: the serialised order of their maps varies by process)."""
+    content = accumulator.PluginTagToContent("hparams")
+    return {tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()}
 
 
 def assert_same_run(resumed: Path, uninterrupted: Path) -> None:
@@ -72,4 +72,4 @@ def assert_same_run(resumed: Path, uninterrupted: Path) -> None:
         assert_identical(left[part], right[part], part)
     assert result_without_time(resumed) == result_without_time(uninterrupted)
     assert curves(resumed) == curves(uninterrupted)
-    assert hparams_summaries(resumed) == hparams_summaries(uninterrupted)
+    assert hparams_data(events(resumed)) == hparams_data(events(uninterrupted))

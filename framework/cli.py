@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from framework.errors import FrameworkError
+from framework.errors import FrameworkError, user_message
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.outputs import unstarted_result, write_result
@@ -138,7 +138,7 @@ def report_job_failure(error: Exception, *, on_console: bool) -> None:
     A sweep also shows it on the console as its jobs go; a single run leaves the console to
     main(), which prints it once, on stderr.
     """
-    message = str(error) if isinstance(error, FrameworkError) else f"unexpected {type(error).__name__}: {error}"
+    message = user_message(error)
     if on_console:
         log.error("%s", message)
         error.reported = True

@@ -7,6 +7,13 @@ without a traceback unless HYDRA_FULL_ERROR=1 asks for one.
 from __future__ import annotations
 
 
+def user_message(error: BaseException) -> str:
+    """The one paragraph a user is shown for ``error`` (and result.json's ``error``)."""
+    if isinstance(error, FrameworkError):
+        return str(error)
+    return f"unexpected {type(error).__name__}: {error}"
+
+
 class FrameworkError(Exception):
     """Base of every error whose message is meant for the user as it stands."""
 

@@ -12,7 +12,8 @@ import torch
 
 from framework.batches import next_batch
 from framework.checkpoints import Checkpointer
-from framework.errors import FrameworkError, NonFiniteLossError, PluginError, TrainingError
+from framework.errors import FrameworkError, NonFiniteLossError, PluginError, TrainingError, user_message
+from framework.hook_calls import call_every, call_hook
 from framework.outputs import finite_or_none, result_record, small_model_params, write_result
 from framework.state import BuiltRun, LoopState, Progress
 
@@ -52,13 +53,18 @@ class LossWatch:
         return progress.last_loss
 
 
+def training_what(run: BuiltRun) -> str:
+    """``model polynomial, loss mse, optimizer nadam``: the components, for failure messages."""
+    return ", ".join(f"{kind} {name}" for kind, name in run.components.items() if kind != "data")
+
+
 class StepError(TrainingError):
     """An exception inside the training step, named with the step and the components."""
 
     def __init__(self, state: LoopState, error: Exception) -> None:
-        chosen = ", ".join(f"{kind} {name}" for kind, name in state.run.components.items() if kind != "data")
         super().__init__(
-            f"training failed at step {state.progress.step + 1}: {type(error).__name__}: {error} ({chosen})"
+            f"training failed at step {state.progress.step + 1}: {type(error).__name__}: {error} "
+            f"({training_what(state.run)})"
         )
 
 
@@ -96,8 +102,9 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
     stop = progress.stop
     started = time.perf_counter()
     error = None
+    training = f"training {training_what(run)}"
     try:
-        step = hook.framework_configure_step(state=state)
+        step = call_hook(hook, "framework_configure_step", training, state=state)
         if step is None:
             raise PluginError(
                 "no plugin provides the training step (framework_configure_step); "
@@ -109,7 +116,7 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         scheduler, max_steps, log_every = run.scheduler, run.max_steps, run.trainer.log_every
         checkpoint_every = (run.trainer.checkpoint_every or 0) if checkpointer is not None else 0
         watch = LossWatch(progress, 1 if run.device.type == "cpu" else min(log_every, MAX_PENDING_LOSSES))
-        hook.framework_fit_start(state=state)
+        call_hook(hook, "framework_fit_start", training, state=state)
 
         while stop.reason is None:
             if progress.step >= max_steps:
@@ -127,7 +134,7 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
                 scheduler.step()
             watch.add(loss)
             if call_step_end:
-                hook.framework_step_end(state=state, loss=loss)
+                call_hook(hook, "framework_step_end", training, state=state, loss=loss)
             # A stop that ends the run (a stop rule) logs its step, as the last step is logged;
             # an interruption does not, so a resumed run's curve equals an uninterrupted one.
             step_number = progress.step
@@ -143,7 +150,7 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
                     "train/lr": float(run.optimizer.param_groups[0]["lr"]),
                     "train/grad_norm": gradient_norm(run, progress),
                 }
-                hook.framework_log(state=state, step=step_number, metrics=metrics)
+                call_hook(hook, "framework_log", training, state=state, step=step_number, metrics=metrics)
             if is_checkpoint_step:
                 checkpointer.save(state)
         if watch.pending:  # an interruption between reads (GPU): check what the last steps gave
@@ -159,6 +166,13 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         stop.replace("error")
     else:
         status = "interrupted" if stop.interrupted else "completed"
+    return close_fit(state, hook, checkpointer, status=status, error=error, started=started, training=training)
+
+
+def close_fit(state: LoopState, hook, checkpointer: Checkpointer | None, *, status: str,
+              error: BaseException | None, started: float, training: str) -> dict[str, Any]:
+    """Save, tell every plugin how the fit ended, write result.json; raise the fit's error."""
+    run, stop = state.run, state.progress.stop
     # Saved only when the loop ended at a step boundary: an exception (even a bare Ctrl-C with
     # no handler) may have left a step half done.
     if checkpointer is not None and error is None:
@@ -167,24 +181,46 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         except Exception as caught:  # e.g. a full disk: result.json still says what happened
             status, error = "failed", caught
             stop.replace("error")
-    try:
-        if error is not None:
-            hook.framework_exception(state=state, error=error)
-    finally:
-        result = result_record(
-            task=run.task,
-            status=status,
-            steps=progress.step,
-            # A failed run's parameters are no result worth scoring (NaN after divergence).
-            final_loss=full_data_loss(run) if status != "failed" else None,
-            params=small_model_params(run.model, run.trainer.param_log_limit),
-            wall_s=time.perf_counter() - started,
-            device=run.device,
-            stop_reason=stop.reason,
-        )
+    if error is not None:
+        report_late_failures(call_every(hook, "framework_exception", training, state=state, error=error))
+    result = result_record(
+        task=run.task,
+        status=status,
+        steps=state.progress.step,
+        # A failed run's parameters are no result worth scoring (NaN after divergence).
+        final_loss=full_data_loss(run) if status != "failed" else None,
+        params=small_model_params(run.model, run.trainer.param_log_limit),
+        wall_s=time.perf_counter() - started,
+        device=run.device,
+        stop_reason=stop.reason,
+        error=None if error is None or status == "interrupted" else user_message(error),
+    )
+    if run.run_dir is not None:
+        write_result(run.run_dir, result)
+    # Every plugin's fit_end runs, whatever another's did: each logger writes what it has.
+    late_error = []
+
+    def fail_at_the_end(failure: Exception) -> None:
+        # The run did not end well after all: the plugins still to be called, result.json and
+        # the exit status say so.
+        if error is None and not late_error:
+            late_error.append(failure)
+            stop.replace("error")
+            result.update(status="failed", stop_reason=stop.reason, error=user_message(failure))
+
+    failures = call_every(hook, "framework_fit_end", training, on_failure=fail_at_the_end, state=state, result=result)
+    if late_error:
+        error = late_error[0]
+        failures.remove(error)
         if run.run_dir is not None:
             write_result(run.run_dir, result)
-        hook.framework_fit_end(state=state, result=result)
+    report_late_failures(failures)
     if error is not None:
         raise error
     return result
+
+
+def report_late_failures(failures: list[Exception]) -> None:
+    """Failures of closing hooks after the run had already failed: logged, the first error stands."""
+    for failure in failures:
+        log.error("%s", user_message(failure))

@@ -33,9 +33,10 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 def result_record(
-    *, task, status, steps, final_loss, params, wall_s, device, stop_reason
+    *, task, status, steps, final_loss, params, wall_s, device, stop_reason, error=None
 ) -> dict[str, Any]:
-    """The fields of result.json, in the order design.md lists them."""
+    """The fields of result.json, in the order design.md lists them, then ``error``: the
+    one-paragraph reason a run failed (null otherwise), which sweep summaries show."""
     return {
         "task": task,
         "status": status,
@@ -45,14 +46,15 @@ def result_record(
         "wall_s": round(wall_s, 6),
         "device": str(device),
         "stop_reason": stop_reason,
+        "error": error,
     }
 
 
-def unstarted_result(*, task, status, stop_reason, device, wall_s) -> dict[str, Any]:
+def unstarted_result(*, task, status, stop_reason, device, wall_s, error=None) -> dict[str, Any]:
     """result.json of a run that never took a step (refused, interrupted at start-up, or a job of
     an interrupted sweep), so that sweep summaries list it."""
     return result_record(task=task, status=status, steps=0, final_loss=None, params=None, wall_s=wall_s,
-                         device=device, stop_reason=stop_reason)
+                         device=device, stop_reason=stop_reason, error=error)
 
 
 def temporary_name(path: Path) -> Path:

@@ -11,7 +11,8 @@ from typing import Any, Iterable
 import pluggy
 
 from framework import hookspecs
-from framework.errors import PluginError
+from framework.errors import FrameworkError, PluginError
+from framework.hook_calls import PLUGIN_FAILURES, describe_failure
 from framework.locations import BUILTIN_PACKAGE, builtin_package
 from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, ENTRY_POINT_GROUP, PROJECT
 from framework.registry import Component, Registry
@@ -125,10 +126,11 @@ def call_each(manager: PluginManager, hook_name: str, only: Iterable[str] | None
             continue
         try:
             returned = impl.function(**{name: arguments[name] for name in impl.argnames})
-        except Exception as error:
+        except FrameworkError:
+            raise
+        except PLUGIN_FAILURES as error:
             raise PluginError(
-                f"plugin {manager.describe(impl.plugin_name)} failed in {hook_name}: "
-                f"{type(error).__name__}: {error}"
+                f"plugin {manager.describe(impl.plugin_name)} failed in {hook_name}: {describe_failure(error)}"
             ) from error
         results.append((impl.plugin_name, returned))
     return results

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework.build import build_loggers, build_state
 from framework.checkpoints import Checkpointer
 from framework.devices import resolve_device, resolve_dtype, seed_everything
-from framework.errors import ConfigError
+from framework.errors import ConfigError, user_message
 from framework.loop import fit
 from framework.outputs import RESULT_FILE, unstarted_result, write_result
 from framework.plugin_manager import PluginManager, call_each
@@ -97,7 +97,7 @@ def run_training(
                 write_result(run_dir, unstarted_result(
                     task=task, status="interrupted" if interrupted else "failed",
                     stop_reason="interrupted" if interrupted else "error", device=device,
-                    wall_s=time.perf_counter() - started,
+                    wall_s=time.perf_counter() - started, error=None if interrupted else user_message(error),
                 ))
             raise
         checkpointer = None if run_dir is None else Checkpointer(manager, run_dir, trainer.keep_checkpoints)

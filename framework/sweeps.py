@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 INTERRUPTED_MARK = ".interrupted"  # in a sweep folder: the signal that stopped the sweep
 SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
-_LOG_ERROR = re.compile(r"\]\[ERROR\] - (.*)$")
 
 
 def exclude_fixed_overrides(args: list[str]) -> list[str]:
@@ -108,17 +106,6 @@ def interrupted_by(sweep_dir: Path) -> int | None:
 # --------------------------------------------------------------------------------------------
 
 
-def last_logged_error(job_dir: Path) -> str:
-    """The last ERROR record of the job's log: the one-paragraph reason it failed."""
-    message = ""
-    for log_file in job_dir.glob("*.log"):
-        for line in log_file.read_text(errors="replace").splitlines():
-            match = _LOG_ERROR.search(line)
-            if match:
-                message = match.group(1)
-    return message
-
-
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder (a folder with Hydra's .hydra/overrides.yaml) under the sweep."""
     rows = []
@@ -137,7 +124,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "stop_reason": result.get("stop_reason", "no result.json"),
             "device": result.get("device"),
             "overrides": " ".join(overrides),
-            "error": last_logged_error(job_dir) if status != "completed" else "",
+            "error": result.get("error") or "",
         })
     rows.sort(key=lambda row: (row["final_loss"] is None, row["final_loss"] if row["final_loss"] is not None else 0))
     return rows

@@ -43,34 +43,34 @@ def test_parallel_jobs_share_the_cores(n_jobs, cores, expected):
     assert threads_per_job(n_jobs, cores) == expected
 
 
-def make_job(sweep, name, result, error_line=None, overrides=("x=1",)):
+def make_job(sweep, name, result, overrides=("x=1",), log_line=None):
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if result is not None:
         (job / "result.json").write_text(json.dumps(result))
-    log = "[2026-01-01 00:00:00,000][framework][INFO] - started\n"
-    if error_line:
-        log += f"[2026-01-01 00:00:01,000][framework][ERROR] - {error_line}\n"
-    (job / "framework.log").write_text(log)
+    if log_line:
+        (job / "framework.log").write_text(f"[2026-01-01 00:00:01,000][framework][ERROR] - {log_line}\n")
 
 
-def result(status, loss, steps=10):
+def result(status, loss, steps=10, error=None):
     return {"task": "t", "status": status, "steps": steps, "final_loss": loss, "params": {},
-            "wall_s": 0.5, "device": "cpu", "stop_reason": "max_steps" if status == "completed" else "error"}
+            "wall_s": 0.5, "device": "cpu", "stop_reason": "max_steps" if status == "completed" else "error",
+            "error": error}
 
 
 def test_summary_sorts_by_final_loss_and_lists_failures_with_their_error(tmp_path):
     make_job(tmp_path, "lr=0.1", result("completed", 2.5))
-    make_job(tmp_path, "lr=1", result("failed", None, 3), error_line="training diverged at step 3")
+    make_job(tmp_path, "lr=1", result("failed", None, 3, error="training diverged at step 3"),
+             log_line="a log line is not the record")
     make_job(tmp_path, "lr=0.01", result("completed", 0.5))
-    make_job(tmp_path, "lr=5", None, error_line="unexpected RuntimeError: boom")
+    make_job(tmp_path, "lr=5", None, log_line="unexpected RuntimeError: boom")
     rows = collect_jobs(tmp_path)
     assert [row["job"] for row in rows[:2]] == ["lr=0.01", "lr=0.1"]
     assert {row["job"] for row in rows[2:]} == {"lr=1", "lr=5"}
     failed = {row["job"]: row for row in rows if row["status"] != "completed"}
     assert failed["lr=1"]["error"] == "training diverged at step 3"
-    assert failed["lr=5"]["stop_reason"] == "no result.json"
+    assert failed["lr=5"]["stop_reason"] == "no result.json" and failed["lr=5"]["error"] == ""
 
     text = write_summary(tmp_path, rows)
     assert "| 1 | lr=0.01 | 0.5 |" in text and "- lr=1: training diverged at step 3" in text

@@ -31,7 +31,8 @@ from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.registry import Registry
 from framework.resume import hydra_value, run_folder_overrides
 from framework.schema import named_schema, store_configs
-from framework.sweeps import MULTIRUN_FLAGS, register_resolvers
+from framework.run_folders import register_resolvers
+from framework.sweeps import MULTIRUN_FLAGS
 from framework.weights import METADATA_KEY, WEIGHTS_FILE, load_model_weights, read_weights
 
 SNAPSHOT = Path(".hydra") / "config.yaml"  # Hydra's snapshot of the run's composed config

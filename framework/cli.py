@@ -28,6 +28,7 @@ from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.outputs import unstarted_result, write_result
 from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
+from framework.run_folders import register_resolvers
 from framework.schema import store_configs
 from framework.signals import Interrupted, exit_code, raise_interrupted
 from framework.sweeps import (
@@ -35,7 +36,6 @@ from framework.sweeps import (
     exclude_fixed_overrides,
     interrupted_by,
     mark_interrupted,
-    register_resolvers,
     threads_per_job,
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
@@ -26,7 +26,6 @@ from framework.signals import on_stop_signals, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 INTERRUPTED_MARK = ".interrupted"  # in a sweep folder: the signal that stopped the sweep
 SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
 
@@ -47,26 +46,6 @@ def exclude_fixed_overrides(args: list[str]) -> list[str]:
         if not override.is_sweep_override() and not override.is_hydra_override():
             fixed.append(override.key_or_group)
     return [*args, f"{EXCLUDE_KEYS}=[{','.join(fixed)}]"] if fixed else args
-
-
-def job_folder_name(num: Any, overrides: Any, excluded: Any, sweeper: str) -> str:
-    """``optimizer=adam,optimizer.lr=0.01``: the job's overrides that the sweep varies, in
-    command-line order; prefixed with the job number where names may repeat.
-
-    A grid (the basic sweeper) never repeats a combination; a sampling sweeper (Optuna) can, so
-    its jobs keep their number in front and never overwrite each other.
-    """
-    excluded = set(excluded or ())
-    varied = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in excluded]
-    name = ",".join(varied).replace("/", "_").replace("\\", "_")[:200]
-    if not name:
-        return f"job{num}"
-    return name if sweeper == BASIC_SWEEPER else f"{num}_{name}"
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("framework_job_folder"):
-        OmegaConf.register_new_resolver("framework_job_folder", job_folder_name)
 
 
 def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:

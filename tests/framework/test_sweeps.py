@@ -7,12 +7,11 @@ import json
 
 import pytest
 
+from framework.run_folders import BASIC_SWEEPER, job_folder_name
 from framework.sweeps import (
-    BASIC_SWEEPER,
     EXCLUDE_KEYS,
     collect_jobs,
     exclude_fixed_overrides,
-    job_folder_name,
     threads_per_job,
     write_summary,
 )
@@ -32,7 +31,7 @@ def test_single_runs_and_explicit_exclusions_are_left_alone():
 
 def test_job_folder_is_named_by_the_varied_overrides_in_command_line_order():
     overrides = ["+task=polyfit", "optimizer=adam", "optimizer.lr=0.01", "data.path=/a/b.csv"]
-    assert job_folder_name(3, overrides, ["task"], BASIC_SWEEPER) == "optimizer=adam,optimizer.lr=0.01,data.path=_a_b.csv"
+    assert job_folder_name(3, overrides, ["task"], BASIC_SWEEPER) == "optimizer=adam,optimizer.lr=0.01,data.path=%2Fa%2Fb.csv"
     # A sampling sweeper can repeat values: the job number keeps folders apart.
     assert job_folder_name(3, overrides[:2], ["task"], "hydra_plugins.optuna.OptunaSweeper") == "3_optimizer=adam"
     assert job_folder_name(4, ["+task=polyfit"], ["task"], BASIC_SWEEPER) == "job4"

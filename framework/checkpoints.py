@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from framework.errors import ConfigError, TrainingError
-from framework.outputs import atomic_write
+from framework.errors import ConfigError
+from framework.outputs import atomic_write, make_folder
 from framework.plugin_manager import PluginManager, call_each
 from framework.state import LoopState
 from framework.weights import save_weights
@@ -116,12 +116,9 @@ class Checkpointer:
             log.warning("no checkpoint at step %d: parameters %s are not finite", step, ", ".join(bad))
             return None
         contents = checkpoint_contents(state, self.manager)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         path = self.folder / checkpoint_name(step)
-        try:
-            atomic_write(path, lambda handle: torch.save(contents, handle))
-        except OSError as error:
-            raise TrainingError(f"could not save the checkpoint {path}: {error}") from error
+        atomic_write(path, lambda handle: torch.save(contents, handle))
         self.last_saved_step = step
         self.prune()
         return path

@@ -22,7 +22,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from framework.errors import FrameworkError, user_message
+from framework.console import stop_writing_to
+from framework.errors import FrameworkError, OutputError, user_message
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.outputs import unstarted_result, write_result
@@ -51,6 +52,10 @@ register_resolvers()
 def main() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
+    # A log line that cannot be written (stdout piped into `head`, a full disk under the log
+    # file) is dropped, not reported with a traceback per line; the run goes on, and its run
+    # folder keeps the record.
+    logging.raiseExceptions = False
     SweepSummary.failure = SweepSummary.interrupted = None
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
@@ -109,7 +114,7 @@ def main() -> None:
                   file=sys.stderr)
         sys.exit(exit_code(interrupt))
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
-        sys.stderr.close()
+        stop_writing_to(sys.stdout)
         sys.exit(1)
     except Exception as error:
         if user_wants_traceback:
@@ -121,6 +126,10 @@ def main() -> None:
     finally:
         if not user_wants_traceback:
             os.environ.pop(FULL_ERROR_ENV, None)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            stop_writing_to(sys.stdout)
 
 
 def skip_job(hydra_config) -> None:
@@ -165,6 +174,8 @@ def describe_error(error: Exception) -> tuple[str | None, int]:
         if hint:
             parts.append(hint)
         return "error: " + "\n".join(parts), CONFIG_ERROR_EXIT
+    if isinstance(error, OSError):  # Hydra writing its snapshot, or a launcher, on a full disk
+        return f"error: {OutputError(error.filename or 'the run folder', error)}", OutputError.exit_code
     hint = f"Set {FULL_ERROR_ENV}=1 for the full traceback."
     if reported:
         return hint, 1

@@ -44,6 +44,21 @@ class TrainingError(FrameworkError):
     exit_code = 5
 
 
+class OutputError(FrameworkError):
+    """A file of the run could not be written: a full disk, a quota, an unwritable folder."""
+
+    exit_code = 6
+
+    def __init__(self, path, error: OSError, what: str = "") -> None:
+        self.path = path
+        reason = error.strerror or str(error)
+        super().__init__(
+            f"cannot write {what + ' ' if what else ''}{path}: {reason}. The run stopped at a step boundary; "
+            "what was written before is kept, and no file was left half written under its final name. "
+            "Free some space (or choose a writable folder with hydra.run.dir) and resume or run again."
+        )
+
+
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the run stops at that step."""
 

@@ -12,7 +12,7 @@ import torch
 
 from framework.batches import next_batch
 from framework.checkpoints import Checkpointer
-from framework.errors import FrameworkError, NonFiniteLossError, PluginError, TrainingError, user_message
+from framework.errors import FrameworkError, NonFiniteLossError, OutputError, PluginError, TrainingError, user_message
 from framework.hook_calls import call_every, call_hook
 from framework.outputs import finite_or_none, result_record, small_model_params, write_result
 from framework.state import BuiltRun, LoopState, Progress
@@ -195,8 +195,15 @@ def close_fit(state: LoopState, hook, checkpointer: Checkpointer | None, *, stat
         stop_reason=stop.reason,
         error=None if error is None or status == "interrupted" else user_message(error),
     )
-    if run.run_dir is not None:
-        write_result(run.run_dir, result)
+    try:
+        save_result(run, result)
+    except OutputError as caught:  # a full disk: the plugins still close what they have
+        if error is None:
+            error = caught
+            stop.replace("error")
+            result.update(status="failed", stop_reason=stop.reason, error=user_message(caught))
+        else:
+            log.error("%s", caught)
     # Every plugin's fit_end runs, whatever another's did: each logger writes what it has.
     late_error = []
 
@@ -212,12 +219,19 @@ def close_fit(state: LoopState, hook, checkpointer: Checkpointer | None, *, stat
     if late_error:
         error = late_error[0]
         failures.remove(error)
-        if run.run_dir is not None:
-            write_result(run.run_dir, result)
+        try:
+            save_result(run, result)
+        except OutputError as caught:
+            log.error("%s", caught)
     report_late_failures(failures)
     if error is not None:
         raise error
     return result
+
+
+def save_result(run: BuiltRun, result: dict[str, Any]) -> None:
+    if run.run_dir is not None:
+        write_result(run.run_dir, result)
 
 
 def report_late_failures(failures: list[Exception]) -> None:

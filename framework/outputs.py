@@ -10,6 +10,8 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from framework.errors import OutputError
+
 RESULT_FILE = "result.json"
 
 
@@ -62,6 +64,14 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``, failing with a message that names the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(folder, error, "the folder") from None
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` so that a reader, or a kill at any instant, finds the old file or the new
     one, never part of one: a temporary file in the same folder, fsync, then rename."""
@@ -73,21 +83,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        # The rename itself reaches the disk only once the folder is synced.
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as error:  # a full disk, an unwritable folder: said in one paragraph
+        temporary.unlink(missing_ok=True)
+        raise OutputError(path, error) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    # The rename itself reaches the disk only once the folder is synced.
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     """Write result.json atomically, so a reader never sees half a file."""
     path = Path(run_dir) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)  # a run refused before any logger made it
+    make_folder(path.parent)  # a run refused before any logger made it
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
     return path

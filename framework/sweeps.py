@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
 from framework.signals import on_stop_signals, restore_handlers
@@ -174,8 +175,8 @@ class SweepSummary(Callback):
         if not rows:
             return
         text = write_summary(sweep_dir, rows)
-        print(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
-        print(text, end="")
+        print_quietly(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
+        print_quietly(text, end="")
         failed = [row for row in rows if row["status"] != "completed"]
         if failed:
             SweepSummary.failure = SweepFailed(len(failed), len(rows), sweep_dir)

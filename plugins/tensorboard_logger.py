@@ -4,8 +4,10 @@ folder is the TensorBoard run, so a sweep's jobs sit side by side under the swee
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, hookimpl, is_small_model
+from framework.errors import OutputError
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
 LAYOUT = {
@@ -53,6 +56,40 @@ def run_hparams(run_config, overrides: list[str], task: str | None) -> dict:
     return settings
 
 
+def _quiet_writer_thread() -> None:
+    """tensorboard's writer thread re-raises a failed write (a full disk) in the thread that
+    writes next, which reports it in one paragraph; its own traceback on stderr says nothing
+    more, so it is not printed."""
+    default = threading.excepthook
+    if getattr(default, "quiets_tensorboard", False):
+        return
+
+    def excepthook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        default(args)
+
+    excepthook.quiets_tensorboard = True
+    threading.excepthook = excepthook
+
+
+def _writes(hook):
+    """A hook that writes events: a failed write (a full disk) is an OutputError naming the run
+    folder, and the logger writes nothing more (every later write would fail the same way)."""
+
+    @functools.wraps(hook)
+    def writing(self, *args, **kwargs):
+        if self.write_failed:
+            return None
+        try:
+            return hook(self, *args, **kwargs)
+        except OSError as error:
+            self.write_failed = True
+            raise OutputError(self.run_dir, error, "TensorBoard events into") from None
+
+    return writing
+
+
 def _indices(shape) -> list[str]:
     """'0_1' style index strings, in flatten order."""
     return ["_".join(map(str, index)) for index in itertools.product(*(range(size) for size in shape))]
@@ -65,14 +102,17 @@ class TensorBoardLogger:
         self.writer = None
         self.log_params = False
         self.loss_curve: list[tuple[int, float]] = []  # (step, loss) at logging steps, for the figure
+        self.write_failed = False
 
     @hookimpl
+    @_writes
     def framework_fit_start(self, state):
         if self.run_dir is None:
             return
         # Imported here: tensorboard's import is slow and runs without it need not pay for it.
         from torch.utils.tensorboard import SummaryWriter
 
+        _quiet_writer_thread()
         resumed_at = state.progress.step
         # A resumed run writes on into its own run folder. purge_step makes TensorBoard drop what
         # the earlier process logged after the checkpoint, so the run stays one curve with no
@@ -85,6 +125,7 @@ class TensorBoardLogger:
         self.log_params = self.config.params and is_small_model(state.run.model, state.run.trainer.param_log_limit)
 
     @hookimpl
+    @_writes
     def framework_log(self, state, step, metrics):
         if self.writer is None:
             return
@@ -104,6 +145,7 @@ class TensorBoardLogger:
             self._figure(state, step, f"step {step}, loss {metrics['train/loss']:.4g}")
 
     @hookimpl
+    @_writes
     def framework_state_dict(self, state):
         if self.writer is not None:
             # What was logged up to a checkpoint is on disk with it, so that a run killed later
@@ -121,6 +163,16 @@ class TensorBoardLogger:
     def framework_fit_end(self, state, result):
         if self.writer is None:
             return
+        if self.write_failed:
+            try:
+                self.writer.close()
+            except OSError:
+                pass  # reported when it first failed
+            return
+        self._end(state, result)
+
+    @_writes
+    def _end(self, state, result):
         try:
             if self.config.figures and result["final_loss"] is not None:
                 self._figure(state, result["steps"], f"step {result['steps']}, final loss {result['final_loss']:.4g}")

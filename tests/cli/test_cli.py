@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import run_cli
 
-RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason"}
+RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason", "error"}
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
@@ -114,7 +114,7 @@ def test_polyfit_result_json(polyfit_run):
     assert result["task"] == "polyfit"
     assert result["status"] == "completed"
     assert result["steps"] == 50
-    assert result["stop_reason"] == "max_steps"
+    assert result["stop_reason"] == "max_steps" and result["error"] is None
     assert result["device"] == "cpu"
     assert set(result["params"]) == {"A", "B", "C"}
     assert all(isinstance(value, float) for value in result["params"].values())

@@ -28,7 +28,7 @@ from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.outputs import unstarted_result, write_result
 from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
-from framework.schema import store_configs
+from framework.schema import null_group_overrides, store_configs
 from framework.signals import Interrupted, exit_code, raise_interrupted
 from framework.sweeps import (
     SweepSummary,
@@ -55,7 +55,7 @@ def main() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
-        sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(sys.argv[1:]))]
+        sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:])))]
         manager = create_plugin_manager()
         registry = build_registry(manager)
         store_configs(registry)

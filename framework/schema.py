@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from framework.errors import ConfigError
 from framework.ranges import setting
 from framework.registry import KINDS, Registry
 
@@ -84,6 +85,23 @@ def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:
         elif not OmegaConf.is_missing(node, key):
             found.extend(unknown_keys(node[key], where))
     return found
+
+
+def null_group_overrides(args: list[str]) -> list[str]:
+    """``logger=null`` chooses no logger, as ``logger=[]`` does; ``model=null`` (any other kind)
+    is refused by name. Hydra itself accepts only a name or a list for a group and fails on null
+    with an unexplained ValueError."""
+    rewritten = []
+    for arg in args:
+        kind, equals, value = arg.partition("=")
+        if equals and kind in KINDS and value.strip().lower() == "null":
+            if kind != "logger":
+                constant = " (scheduler=none keeps the learning rate constant)" if kind == "scheduler" else ""
+                raise ConfigError(f"{arg} chooses no {kind}, but a run needs one; choose one with {kind}=NAME "
+                                  f"(python -m framework --help lists them){constant}")
+            arg = "logger=[]"
+        rewritten.append(arg)
+    return rewritten
 
 
 def named_schema(config_cls: type, name: str) -> type:

@@ -87,7 +87,8 @@ def setting(
     le: Optional[float] = None,
     nan: bool = False,
 ) -> Any:
-    """A dataclass field with a declared :class:`Range` (``rate: float = setting(1.0, gt=0)``)."""
+    """A dataclass field with a declared :class:`Range` (``rate: float = setting(1.0, gt=0)``);
+    with neither ``default`` nor ``default_factory`` the setting is mandatory (``???``)."""
     metadata = {RANGE_KEY: Range(gt=gt, ge=ge, lt=lt, le=le, nan=nan)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)

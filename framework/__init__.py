@@ -2,7 +2,7 @@
 
 A plugin author imports only from here::
 
-    from framework import hookimpl, Component, Dataset
+    from framework import hookimpl, Component, Dataset, setting
 
 and a notebook or script trains and reloads runs with::
 
@@ -28,6 +28,9 @@ _SOURCES = {
     "PluginError": "framework.errors",
     "TrainingError": "framework.errors",
     "is_small_model": "framework.outputs",
+    "Range": "framework.ranges",
+    "setting": "framework.ranges",
+    "undeclared_ranges": "framework.ranges",
     "KINDS": "framework.registry",
     "AutogradCheck": "framework.registry",
     "Component": "framework.registry",

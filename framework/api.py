@@ -30,7 +30,7 @@ from framework.outputs import RESULT_FILE
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.registry import Registry
 from framework.resume import hydra_value, run_folder_overrides
-from framework.schema import named_schema, store_configs
+from framework.schema import named_schema, null_group_overrides, store_configs
 from framework.run_folders import register_resolvers
 from framework.sweeps import MULTIRUN_FLAGS
 from framework.weights import METADATA_KEY, WEIGHTS_FILE, load_model_weights, read_weights
@@ -67,7 +67,7 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
     a failing plugin, divergence), or ``KeyboardInterrupt`` after a Ctrl-C stopped and saved
     the run. For sweeps use the command line (``-m``).
     """
-    overrides = [str(item) for item in overrides]
+    overrides = null_group_overrides([str(item) for item in overrides])
     if any(item in MULTIRUN_FLAGS for item in overrides):
         raise ConfigError("framework.train runs one fit; run sweeps with python -m framework -m ...")
     if run_dir is not None:

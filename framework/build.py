@@ -108,10 +108,6 @@ def steps_per_epoch(rows: int, batch_size: int | None) -> int:
 
 def resolve_max_steps(trainer: TrainerConfig, per_epoch: int) -> tuple[int, str]:
     """(step limit, 'max_steps' or 'max_epochs'): whichever limit comes first, as in Lightning."""
-    for key in ("max_steps", "max_epochs", "log_every"):
-        value = getattr(trainer, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"trainer.{key} must be at least 1, got {value}")
     limits = []
     if trainer.max_steps is not None:
         limits.append((trainer.max_steps, "max_steps"))
@@ -132,12 +128,10 @@ def build_state(
     task: str | None = None,
     run_dir: Path | None = None,
 ) -> LoopState:
-    """Build every component in order, with progress at step 0; the caller has already seeded
-    the random generators."""
+    """Build every component in order, with progress at step 0; the caller has already checked
+    the config's ranges (framework.ranges) and seeded the random generators."""
     data_component, data_config = component_config(cfg.data, "data", registry)
     batch_size = getattr(data_config, "batch_size", None)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"data.batch_size must be at least 1 or null (full batch), got {batch_size}")
     data = prepare_dataset(call_factory(data_component, data_config, dtype=dtype), dtype=dtype, device=device)
     per_epoch = steps_per_epoch(len(data), batch_size)
     max_steps, limit_reason = resolve_max_steps(trainer, per_epoch)

@@ -30,7 +30,7 @@ from framework.outputs import unstarted_result, write_result
 from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
 from framework.run_folders import register_resolvers
-from framework.schema import store_configs
+from framework.schema import null_group_overrides, store_configs
 from framework.signals import Interrupted, exit_code, raise_interrupted
 from framework.sweeps import (
     SweepSummary,
@@ -60,7 +60,7 @@ def main() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
-        sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(sys.argv[1:]))]
+        sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:])))]
         manager = create_plugin_manager()
         registry = build_registry(manager)
         store_configs(registry)

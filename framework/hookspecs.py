@@ -60,6 +60,13 @@ def framework_components() -> list[Component]:
     component's settings; they are stored in Hydra's ConfigStore under group = kind and
     name = name, so ``model=polynomial model.degree=3`` selects and validates them.
 
+    Every int or float field (and list of them) should declare its valid range with
+    ``framework.setting(default, gt=, ge=, lt=, le=)`` or a :class:`framework.Range` in the
+    field's metadata under ``"range"``. Each run checks the composed config against these
+    ranges before any work, naming the key, the value and the range (ConfigError, exit 2);
+    NaN and infinity are refused unless the range allows them, null is "off" for an Optional
+    field. ``framework.undeclared_ranges(config)`` lists the numbers declaring none.
+
     Results are collected from every plugin. Two components with the same kind and name are an
     error that names both providers. Factories are called as follows (keyword arguments):
 

@@ -17,6 +17,7 @@ from framework.errors import ConfigError, user_message
 from framework.loop import fit
 from framework.outputs import RESULT_FILE, unstarted_result, write_result
 from framework.plugin_manager import PluginManager, call_each
+from framework.ranges import check_ranges
 from framework.registry import Registry
 from framework.resume import resume_command, resume_from, warm_start
 from framework.schema import TrainerConfig, unknown_keys
@@ -26,11 +27,8 @@ log = logging.getLogger("framework")
 
 
 def check_trainer(trainer: TrainerConfig) -> None:
-    """Range checks of the run-wide settings that the build does not already make."""
-    for key in ("checkpoint_every", "keep_checkpoints"):
-        value = getattr(trainer, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"trainer.{key} must be at least 1 or null, got {value}")
+    """Run-wide settings that exclude each other (each value's range is checked by
+    :func:`framework.ranges.check_ranges`)."""
     if trainer.resume is not None and trainer.init_from is not None:
         raise ConfigError("trainer.resume and trainer.init_from are both set; resume goes on from a "
                           "checkpoint, init_from starts a new run from weights: choose one")
@@ -71,6 +69,7 @@ def run_training(
             if unknown:
                 key, settings = unknown[0]
                 raise ConfigError(f"{key} is not a setting; the settings there are: {', '.join(settings)}")
+            check_ranges(cfg)
             trainer = OmegaConf.to_object(cfg.trainer)
             check_trainer(trainer)
             device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)

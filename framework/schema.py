@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from framework.errors import ConfigError
+from framework.ranges import setting
 from framework.registry import KINDS, Registry
 
 SCHEMA_NAME = "framework_schema"
@@ -26,18 +28,20 @@ DTYPES = ("float32", "float64")
 class TrainerConfig:
     """``trainer.*``: how the loop runs, whatever the components."""
 
-    max_steps: Optional[int] = 1000  # one step = one optimizer update
-    max_epochs: Optional[int] = None  # one epoch = one pass over the data in batches
-    seed: int = 0  # seeds python, numpy and torch before data and model are built
+    max_steps: Optional[int] = setting(1000, ge=1)  # one step = one optimizer update
+    max_epochs: Optional[int] = setting(None, ge=1)  # one epoch = one pass over the data in batches
+    # seeds python, numpy and torch before data and model are built (numpy takes 32 bits)
+    seed: int = setting(0, ge=0, le=2**32 - 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | float64: parameters and data
-    log_every: int = 10  # log metrics at step 1, every N steps and at the last step
-    grad_clip: Optional[float] = None  # clip the gradient norm to this value
+    log_every: int = setting(10, ge=1)  # log metrics at step 1, every N steps and at the last step
+    grad_clip: Optional[float] = setting(None, gt=0)  # clip the gradient norm to this value
     freeze: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names
-    tolerance: Optional[float] = None  # stop once the step's loss is at or below this
-    param_log_limit: int = 4096  # log values of models with at most this many numbers
-    checkpoint_every: Optional[int] = None  # also save a checkpoint every N steps (always at the end)
-    keep_checkpoints: Optional[int] = 3  # newest checkpoints kept; null: all
+    tolerance: Optional[float] = setting(None, ge=0)  # stop once the step's loss is at or below this
+    param_log_limit: int = setting(4096, ge=0)  # log values of models with at most this many numbers
+    # also save a checkpoint every N steps (always at the end)
+    checkpoint_every: Optional[int] = setting(None, ge=1)
+    keep_checkpoints: Optional[int] = setting(3, ge=1)  # newest checkpoints kept; null: all
     resume: Optional[str] = None  # a checkpoint file, or a run folder (its latest checkpoint)
     init_from: Optional[str] = None  # model weights only: a run folder, checkpoint or .safetensors
 
@@ -46,7 +50,7 @@ class TrainerConfig:
 class DataConfig:
     """Settings every data component has (its own config dataclass inherits this)."""
 
-    batch_size: Optional[int] = None  # rows per step; null: the full batch every step
+    batch_size: Optional[int] = setting(None, ge=1)  # rows per step; null: the full batch every step
     shuffle: bool = False  # draw minibatches in a new random order every epoch
 
 
@@ -81,6 +85,23 @@ def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:
         elif not OmegaConf.is_missing(node, key):
             found.extend(unknown_keys(node[key], where))
     return found
+
+
+def null_group_overrides(args: list[str]) -> list[str]:
+    """``logger=null`` chooses no logger, as ``logger=[]`` does; ``model=null`` (any other kind)
+    is refused by name. Hydra itself accepts only a name or a list for a group and fails on null
+    with an unexplained ValueError."""
+    rewritten = []
+    for arg in args:
+        kind, equals, value = arg.partition("=")
+        if equals and kind in KINDS and value.strip().lower() == "null":
+            if kind != "logger":
+                constant = " (scheduler=none keeps the learning rate constant)" if kind == "scheduler" else ""
+                raise ConfigError(f"{arg} chooses no {kind}, but a run needs one; choose one with {kind}=NAME "
+                                  f"(python -m framework --help lists them){constant}")
+            arg = "logger=[]"
+        rewritten.append(arg)
+    return rewritten
 
 
 def named_schema(config_cls: type, name: str) -> type:

@@ -16,6 +16,8 @@ from typing import Any, List, Optional
 import torch
 from omegaconf import MISSING
 
+from framework.ranges import RANGE_KEY, Range
+
 _SIMPLE = (bool, int, float, str)
 
 
@@ -39,14 +41,18 @@ def _narrow(annotation: Any) -> Any:
 
 
 def config_from_signature(
-    target: type, *, name: str, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+    target: type, *, name: str, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None,
+    ranges: dict[str, Range] | None = None,
 ) -> type:
     """A dataclass with one field per keyword of ``target.__init__`` (less ``skip``).
 
     Parameters without a default become mandatory (``???``); ``defaults`` replaces torch's
-    default for some fields (``None`` makes the field optional).
+    default for some fields (``None`` makes the field optional). ``ranges`` declares the valid
+    range of the fields it names (a name the signature lacks is ignored, so one table can serve
+    several classes).
     """
     defaults = defaults or {}
+    ranges = ranges or {}
     hints = typing.get_type_hints(target.__init__)
     fields = []
     for parameter in inspect.signature(target.__init__).parameters.values():
@@ -61,10 +67,11 @@ def config_from_signature(
             default = MISSING
         elif default is None and kind is not Any:
             kind = Optional[kind]
+        metadata = {RANGE_KEY: ranges[parameter.name]} if parameter.name in ranges else {}
         if isinstance(default, (tuple, list)):
-            field = dataclasses.field(default_factory=lambda value=list(default): list(value))
+            field = dataclasses.field(default_factory=lambda value=list(default): list(value), metadata=metadata)
         else:
-            field = dataclasses.field(default=default)
+            field = dataclasses.field(default=default, metadata=metadata)
         fields.append((parameter.name, kind, field))
     return dataclasses.make_dataclass(name, fields)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from framework import Component, hookimpl
+from framework import Component, hookimpl, setting
 
 log = logging.getLogger("framework")
 
@@ -16,7 +16,7 @@ log = logging.getLogger("framework")
 @dataclass
 class ConsoleConfig:
     progress: bool = True  # live bar (tqdm) when stderr is a terminal
-    lines: int = 10  # progress lines per run when it is not (0: none)
+    lines: int = setting(10, ge=0)  # progress lines per run when it is not (0: none)
 
 
 class ConsoleLogger:

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from framework import Component, ConfigError, hookimpl
+from framework import Component, ConfigError, hookimpl, setting
 from framework_plugins._initial_values import INITS, initial_values
 
 
@@ -14,8 +14,8 @@ class LinearConfig:
     bias: bool = True
     # default: torch.nn.Linear's own initialisation; zeros | randn | uniform draw weight then bias
     init: str = "default"
-    in_features: Optional[int] = None  # null: the number of feature columns (the only accepted value)
-    out_features: Optional[int] = None  # null: the number of target columns
+    in_features: Optional[int] = setting(None, ge=1)  # null: the number of feature columns (the only accepted value)
+    out_features: Optional[int] = setting(None, ge=1)  # null: the number of target columns
 
 
 class Linear(torch.nn.Linear):

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from framework import Component, hookimpl
+from framework import Component, hookimpl, setting
 
 
 @dataclass
@@ -24,7 +24,7 @@ class L1Config:
 
 @dataclass
 class HuberConfig:
-    delta: float = 1.0
+    delta: float = setting(1.0, gt=0)  # where the loss turns from quadratic to linear
 
 
 def sum_squared_error(predictions, targets):

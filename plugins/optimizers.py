@@ -2,7 +2,7 @@
 
 import torch
 
-from framework import Component, config_from_signature, hookimpl, options
+from framework import Component, Range, config_from_signature, hookimpl, options
 
 OPTIMIZERS = {
     "sgd": torch.optim.SGD,
@@ -11,6 +11,25 @@ OPTIMIZERS = {
     "nadam": torch.optim.NAdam,
     "rmsprop": torch.optim.RMSprop,
     "lbfgs": torch.optim.LBFGS,
+}
+
+# The valid range of every numeric option of the optimizers above, by option name. Stricter than
+# torch where torch's bound lets a run go silently wrong: lr=0 or eps=0 trains nothing or
+# divides by zero, and a decay factor of 1 (momentum, betas, alpha) never forgets.
+OPTION_RANGES = {
+    "lr": Range(gt=0),
+    "momentum": Range(ge=0, lt=1),
+    "dampening": Range(ge=0, le=1),
+    "weight_decay": Range(ge=0),
+    "betas": Range(ge=0, lt=1),  # each of the two
+    "eps": Range(gt=0),
+    "alpha": Range(ge=0, lt=1),  # RMSprop's smoothing of the squared gradient
+    "momentum_decay": Range(ge=0),
+    "max_iter": Range(ge=1),  # LBFGS: iterations per step
+    "max_eval": Range(ge=1),  # LBFGS: function evaluations per step (null: max_iter * 5/4)
+    "tolerance_grad": Range(ge=0),
+    "tolerance_change": Range(ge=0),
+    "history_size": Range(ge=1),
 }
 
 
@@ -28,7 +47,8 @@ def framework_components():
             "optimizer",
             name,
             optimizer_factory(optimizer_class),
-            config_from_signature(optimizer_class, name=f"{optimizer_class.__name__}Config", skip=("params",)),
+            config_from_signature(optimizer_class, name=f"{optimizer_class.__name__}Config", skip=("params",),
+                                  ranges=OPTION_RANGES),
             help=f"torch.optim.{optimizer_class.__name__}",
         )
         for name, optimizer_class in OPTIMIZERS.items()

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import torch
 
-from framework import Component, ConfigError, hookimpl
+from framework import Component, ConfigError, hookimpl, setting
 from framework_plugins._initial_values import initial_values
 
 ORDERS = ("descending", "ascending")
@@ -13,7 +13,7 @@ ORDERS = ("descending", "ascending")
 
 @dataclass
 class PolynomialConfig:
-    degree: int = 2
+    degree: int = setting(2, ge=0)
     # descending: A*x**2 + B*x + C; ascending: a + b*x + c*x**2 (the terms are summed in this order)
     order: str = "descending"
     # One name per coefficient, in term order; default A, B, C... (descending) or a, b, c... (ascending)
@@ -49,8 +49,6 @@ def build_polynomial(config: PolynomialConfig, *, data) -> Polynomial:
             f"model=polynomial fits one input column, but the data have {data.features.shape[1]}; "
             "use model=linear for several"
         )
-    if config.degree < 0:
-        raise ConfigError(f"model.degree must be 0 or more, got {config.degree}")
     if config.order not in ORDERS:
         raise ConfigError(f"model.order={config.order!r}; use one of {', '.join(ORDERS)}")
     count = config.degree + 1

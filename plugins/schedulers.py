@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch.optim import lr_scheduler
 
-from framework import Component, config_from_signature, hookimpl, options
+from framework import Component, Range, config_from_signature, hookimpl, options
 
 
 @dataclass
@@ -18,6 +18,18 @@ SCHEDULERS = {
     "exponential": (lr_scheduler.ExponentialLR, {}),
     "cosine": (lr_scheduler.CosineAnnealingLR, {"T_max": None}),
     "linear": (lr_scheduler.LinearLR, {}),
+}
+
+# The valid range of every numeric option of the schedulers above, by option name (steps are
+# optimizer steps; gamma and the factors multiply the optimizer's lr).
+OPTION_RANGES = {
+    "step_size": Range(ge=1),
+    "gamma": Range(gt=0),
+    "T_max": Range(ge=1),
+    "eta_min": Range(ge=0),
+    "start_factor": Range(gt=0, le=1),
+    "end_factor": Range(ge=0, le=1),
+    "total_iters": Range(ge=1),
 }
 
 
@@ -40,7 +52,7 @@ def framework_components():
     for name, (scheduler_class, defaults) in SCHEDULERS.items():
         config = config_from_signature(
             scheduler_class, name=f"{scheduler_class.__name__}Config",
-            skip=("optimizer", "last_epoch", "verbose"), defaults=defaults,
+            skip=("optimizer", "last_epoch", "verbose"), defaults=defaults, ranges=OPTION_RANGES,
         )
         components.append(Component("scheduler", name, scheduler_factory(scheduler_class), config,
                                     help=f"torch.optim.lr_scheduler.{scheduler_class.__name__}, per step"))

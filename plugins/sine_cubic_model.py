@@ -1,11 +1,11 @@
 """The ``sine_cubic`` model: y = a + b * P3(c + d * x), P3 a custom autograd Function."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 import torch
 
-from framework import AutogradCheck, Component, ConfigError, hookimpl
+from framework import AutogradCheck, Component, ConfigError, hookimpl, setting
 
 
 class LegendreP3(torch.autograd.Function):
@@ -24,7 +24,7 @@ class LegendreP3(torch.autograd.Function):
 
 @dataclass
 class SineCubicConfig:
-    init: List[float] = field(default_factory=lambda: [0.0, -1.0, 0.0, 0.3])  # a, b, c, d
+    init: List[float] = setting(default_factory=lambda: [0.0, -1.0, 0.0, 0.3])  # a, b, c, d: any finite
 
 
 class SineCubic(torch.nn.Module):

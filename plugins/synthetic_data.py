@@ -1,28 +1,28 @@
 """Data made from the config: ``polynomial`` samples, ``sine``, inline ``tensor`` and ``equations``."""
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, List
 
 import torch
 from omegaconf import MISSING
 
-from framework import Component, DataConfig, DataError, Dataset, hookimpl
+from framework import Component, DataConfig, DataError, Dataset, hookimpl, setting
 
 
 @dataclass
 class PolynomialDataConfig(DataConfig):
-    coefficients: List[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])  # highest power first
-    n: int = 20  # number of samples
-    x_scale: float = 5.0  # x = N(0, 1) * x_scale
-    noise: float = 0.0  # standard deviation of N(0, noise) added to y
+    coefficients: List[float] = setting(default_factory=lambda: [1.0, 2.0, 3.0])  # highest power first
+    n: int = setting(20, ge=1)  # number of samples
+    x_scale: float = setting(5.0, gt=0)  # x = N(0, 1) * x_scale: the standard deviation of x
+    noise: float = setting(0.0, ge=0)  # standard deviation of N(0, noise) added to y
 
 
 @dataclass
 class SineDataConfig(DataConfig):
-    n: int = 2000
-    start: float = -math.pi
-    end: float = math.pi
+    n: int = setting(2000, ge=1)
+    start: float = setting(-math.pi)
+    end: float = setting(math.pi)
 
 
 @dataclass
@@ -38,8 +38,6 @@ class EquationsConfig(DataConfig):
 
 
 def polynomial_samples(config: PolynomialDataConfig, *, dtype) -> Dataset:
-    if config.n < 1:
-        raise DataError(f"data.n must be at least 1, got {config.n}")
     x = torch.randn(config.n, dtype=dtype) * config.x_scale
     degree = len(config.coefficients) - 1
     y = torch.zeros_like(x)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from framework import KINDS, Component, hookimpl, is_small_model
+from framework import KINDS, Component, hookimpl, is_small_model, setting
 from framework.errors import OutputError
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
@@ -33,8 +33,8 @@ SCALAR_TYPES = (bool, int, float, str)
 class TensorBoardConfig:
     params: bool = True  # log every parameter value of small models (trainer.param_log_limit)
     figures: bool = True  # the fit (or each row's residual) and the loss curve in the Images tab
-    figure_every: Optional[int] = None  # also every N steps; null: at the end only
-    flush_secs: int = 30
+    figure_every: Optional[int] = setting(None, ge=1)  # also every N steps; null: at the end only
+    flush_secs: int = setting(30, ge=1)  # write events to disk at least this often
 
 
 def run_hparams(run_config, overrides: list[str], task: str | None) -> dict:

@@ -320,7 +320,7 @@ def test_max_epochs_and_max_steps_stop_at_whichever_comes_first(train):
 
 
 def test_batch_size_below_one_is_refused_before_any_work(train):
-    with pytest.raises(ConfigError, match="data.batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match="data.batch_size=0 is out of range"):
         train(["+task=polyfit", "data.batch_size=0"])
 
 

@@ -77,6 +77,35 @@ def non_finite_parameters(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
+def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters in the order ``optimizer.state_dict()`` numbers them."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def host_state_entries(optimizer: torch.optim.Optimizer) -> list[list]:
+    """[[parameter index, state key]] of state kept on the CPU for a parameter that is not.
+
+    Optimizers keep some scalars on the host (NAdam's ``mu_product``); ``load_state_dict`` moves
+    every state tensor but ``step`` to its parameter's device, so a resumed run would compute
+    there, and read it back every step, where the run it continues did not.
+    """
+    entries = []
+    for index, parameter in enumerate(optimizer_parameters(optimizer)):
+        for key, value in optimizer.state.get(parameter, {}).items():
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and parameter.device.type != "cpu":
+                entries.append([index, key])
+    return entries
+
+
+def restore_host_state(optimizer: torch.optim.Optimizer, entries: list[list]) -> None:
+    """Put the state that the saved run kept on the CPU back there (see host_state_entries)."""
+    parameters = optimizer_parameters(optimizer)
+    for index, key in entries:
+        parameter_state = optimizer.state.get(parameters[index], {})
+        if isinstance(parameter_state.get(key), torch.Tensor):
+            parameter_state[key] = parameter_state[key].cpu()
+
+
 def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, Any]:
     run = state.run
     plugins = {name: saved for name, saved in call_each(manager, "framework_state_dict", state=state)
@@ -89,6 +118,7 @@ def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, A
         "config": run.config,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
+        "optimizer_host_state": host_state_entries(run.optimizer),
         "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
         "progress": state.progress.state_dict(),
         "plugins": plugins,

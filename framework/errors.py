@@ -53,9 +53,9 @@ class OutputError(FrameworkError):
         self.path = path
         reason = error.strerror or str(error)
         super().__init__(
-            f"cannot write {what + ' ' if what else ''}{path}: {reason}. The run stopped at a step boundary; "
-            "what was written before is kept, and no file was left half written under its final name. "
-            "Free some space (or choose a writable folder with hydra.run.dir) and resume or run again."
+            f"cannot write {what + ' ' if what else ''}{path}: {reason}. Nothing is left half written under "
+            "a final name, and what was written before is kept; a run stops at the end of its step. Free "
+            "some space (or choose a writable folder with hydra.run.dir), then resume or run again."
         )
 
 

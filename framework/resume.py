@@ -19,7 +19,13 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from framework.checkpoints import CHECKPOINT_DIR, find_checkpoint, latest_checkpoint, load_checkpoint
+from framework.checkpoints import (
+    CHECKPOINT_DIR,
+    find_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_host_state,
+)
 from framework.errors import ConfigError
 from framework.outputs import RESULT_FILE
 from framework.plugin_manager import PluginManager, call_each
@@ -79,6 +85,7 @@ def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
     run = state.run
     load_model_weights(run.model, checkpoint["model"], str(path))
     run.optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_host_state(run.optimizer, checkpoint.get("optimizer_host_state", []))
     if run.scheduler is not None:
         run.scheduler.load_state_dict(checkpoint["scheduler"])
     state.progress.load_state_dict(checkpoint["progress"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from framework import ConfigError, hookimpl
+from framework.errors import OutputError
 from framework.checkpoints import checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint
 from framework.outputs import atomic_write
 from tests.conftest import run_cli
@@ -87,7 +88,7 @@ def test_a_write_that_fails_leaves_neither_a_final_nor_a_temporary_file(tmp_path
         handle.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):
         atomic_write(target, half_then_fail)
     assert list(tmp_path.iterdir()) == []
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +71,17 @@ def _number(cell: str) -> float | None:
         return None
 
 
+def unreadable(path: Path, error: OSError) -> DataError:
+    return DataError(f"cannot read data.path={path}: {error.strerror or error}")
+
+
 def regular_file(config_path: str) -> Path:
     """The path of a regular file, or a DataError: a device or a FIFO could be read without end."""
     path = Path(config_path).expanduser()
     try:
         mode = path.stat().st_mode
     except OSError as error:
-        raise DataError(f"cannot read data.path={path}: {error.strerror or error}") from None
+        raise unreadable(path, error) from None
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
         raise DataError(f"data.path={path} is {kind}; give the path of a CSV file")
@@ -96,22 +99,22 @@ def file_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
                     continue
                 yield reader.line_num, row
     except OSError as error:
-        raise DataError(f"cannot read data.path={path}: {error.strerror or error}") from None
+        raise unreadable(path, error) from None
     except (csv.Error, UnicodeDecodeError) as error:
         raise DataError(f"{path} is not a readable CSV file: {error}") from None
 
 
 def choice(value: Optional[str], key: str, choices: tuple[str, ...]) -> str:
+    """The setting, one of ``choices`` (the first when null)."""
     # Hydra reads data.header=true as a boolean, which the string field holds as "True".
-    text = "auto" if value is None else str(value).strip().lower()
+    text = choices[0] if value is None else str(value).strip().lower()
     if text not in choices:
         raise ConfigError(f"data.{key}={value!r} is not one of {' | '.join(choices)}")
     return text
 
 
-def read_columns(path: Path, config: CsvConfig) -> Columns:
-    header_setting = choice(config.header, "header", HEADER_CHOICES)
-    first = next(file_rows(path, config.delimiter), None)
+def read_columns(path: Path, delimiter: str, header_setting: str) -> Columns:
+    first = next(file_rows(path, delimiter), None)
     if first is None:
         raise DataError(f"{path} holds no rows")
     line, cells = first
@@ -148,7 +151,7 @@ def parse_numbers(path: Path, config: CsvConfig, columns: Columns) -> np.ndarray
     except pd.errors.ParserError as error:
         # A row with more cells than the first: find its line (a row with fewer is padded with
         # NaN, and found with the other non-finite rows).
-        check_rows(path, config, columns, np.empty((0, width)), np.empty(0, dtype=np.int64))
+        check_rows(path, config.delimiter, columns, np.empty((0, width)), np.empty(0, dtype=np.int64), drop=False)
         raise DataError(f"{path} is not a table of {width} columns: {error}") from None
     except pd.errors.EmptyDataError:
         return np.empty((0, width))
@@ -168,7 +171,8 @@ def cell_problem(cell: str) -> str:
     return f"{cell!r} is not a number"
 
 
-def check_rows(path: Path, config: CsvConfig, columns: Columns, table: np.ndarray, bad_rows: np.ndarray) -> np.ndarray:
+def check_rows(path: Path, delimiter: str, columns: Columns, table: np.ndarray, bad_rows: np.ndarray, *,
+               drop: bool) -> np.ndarray:
     """Go through the file's rows: raise for the first problem, or return the rows to drop.
 
     ``bad_rows`` are the data rows (0-based, as in ``table``) that hold a value that is not a
@@ -176,10 +180,9 @@ def check_rows(path: Path, config: CsvConfig, columns: Columns, table: np.ndarra
     the rows whose only problem is an empty cell.
     """
     width = len(columns.names)
-    drop = choice(config.missing, "missing", MISSING_CHOICES) == "drop"
     wanted = set(bad_rows.tolist())
     dropped = []
-    rows = file_rows(path, config.delimiter)
+    rows = file_rows(path, delimiter)
     if columns.header:
         next(rows)
     for index, (line, cells) in enumerate(rows):
@@ -195,6 +198,10 @@ def check_rows(path: Path, config: CsvConfig, columns: Columns, table: np.ndarra
         dropped.append(index)
         if len(dropped) == len(wanted):
             break
+    if len(dropped) != len(wanted):
+        # The two passes counted rows differently; never go on with values that are not numbers.
+        raise DataError(f"{path} holds {len(wanted)} row(s) with cells that are not finite numbers, "
+                        f"the first being data row {int(bad_rows[0]) + 1}")
     return np.asarray(dropped, dtype=np.int64)
 
 
@@ -264,8 +271,10 @@ def refuse_pandas_index(table: np.ndarray, columns: Columns, features: list[int]
 
 
 def csv_table(config: CsvConfig, *, dtype) -> Dataset:
+    header_setting = choice(config.header, "header", HEADER_CHOICES)
+    drop_missing = choice(config.missing, "missing", MISSING_CHOICES) == "drop"
     path = regular_file(config.path)
-    columns = read_columns(path, config)
+    columns = read_columns(path, config.delimiter, header_setting)
     table = parse_numbers(path, config, columns)
     if len(table) == 0:
         raise DataError(f"{path} has a header but no data rows")
@@ -273,7 +282,7 @@ def csv_table(config: CsvConfig, *, dtype) -> Dataset:
     refuse_pandas_index(table, columns, features, config, path)
     bad_rows = np.flatnonzero(~np.isfinite(table).all(axis=1))
     if len(bad_rows):
-        dropped = check_rows(path, config, columns, table, bad_rows)
+        dropped = check_rows(path, config.delimiter, columns, table, bad_rows, drop=drop_missing)
         log.warning("data.missing=drop: left out %d of %d rows of %s, each with an empty cell",
                     len(dropped), len(table), path)
         table = np.delete(table, dropped, axis=0)

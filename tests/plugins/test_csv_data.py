@@ -187,8 +187,9 @@ def test_missing_drop_leaves_out_those_rows_and_says_how_many(tmp_path, caplog):
     assert "left out 2 of 5 rows" in caplog.text
     with pytest.raises(DataError, match="leaves no data"):
         load(write(tmp_path, "a,y\n1,\n,2\n", "holes.csv"), missing="drop")
+    clean = write(tmp_path, "a,y\n1,2\n", "clean.csv")
     with pytest.raises(ConfigError, match=r"data\.missing='skip' is not one of error \| drop"):
-        load(path, missing="skip")
+        load(clean, missing="skip")
 
 
 def test_drop_does_not_hide_a_short_row_or_a_bad_cell(tmp_path):

@@ -208,19 +208,15 @@ def test_nan_and_inf_are_named_by_line_and_column(tmp_path, cell, what):
         load(write(tmp_path, f"1,2\n{cell},3\n", "headless.csv"))
 
 
-def test_errors_name_the_file_and_line(tmp_path):
-    bad_cell = write(tmp_path, "a,y\n1,2\n3,x\n", "bad.csv")
-    with pytest.raises(DataError, match=r"bad\.csv, line 3, column 'y': 'x' is not a number"):
-        load(bad_cell)
-    na_text = write(tmp_path, "a,y\n1,2\n3,NA\n", "na.csv")
-    with pytest.raises(DataError, match=r"line 3, column 'y': 'NA' is not a number"):
-        load(na_text)
-    short = write(tmp_path, "a,b,y\n1,2,3\n4,5\n", "short.csv")
-    with pytest.raises(DataError, match=r"short\.csv, line 3: 2 cells where the first row has 3"):
-        load(short)
-    long = write(tmp_path, "a,b,y\n1,2,3\n\n4,5,6,7\n", "long.csv")
-    with pytest.raises(DataError, match=r"long\.csv, line 4: 4 cells where the first row has 3"):
-        load(long)
+@pytest.mark.parametrize(("text", "message"), [
+    ("a,y\n1,2\n3,x\n", r"data\.csv, line 3, column 'y': 'x' is not a number"),
+    ("a,y\n1,2\n3,NA\n", r"data\.csv, line 3, column 'y': 'NA' is not a number"),
+    ("a,b,y\n1,2,3\n4,5\n", r"data\.csv, line 3: 2 cells where the first row has 3"),
+    ("a,b,y\n1,2,3\n\n4,5,6,7\n", r"data\.csv, line 4: 4 cells where the first row has 3"),
+], ids=["text", "NA-is-text", "short-row", "long-row"])
+def test_errors_name_the_file_and_line(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        load(write(tmp_path, text))
 
 
 # ------------------------------------------------------------------------------------ what is opened

@@ -1,4 +1,4 @@
-"""Data sources: what they generate or read, and the messages for bad files."""
+"""Data sources that generate data, and the checks every data source's output passes (CSV: test_csv_data.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 from framework import DataError, Dataset
 from framework.data import prepare_dataset
-from framework_plugins.csv_data import CsvConfig, csv_table
 from framework_plugins.synthetic_data import (
     EquationsConfig,
     PolynomialDataConfig,
@@ -67,40 +66,6 @@ def test_prepare_refuses_ragged_complex_and_non_finite_data():
         prepare_dataset(Dataset(torch.zeros(2, dtype=torch.complex64), torch.zeros(2)), dtype=F32, device=cpu)
     with pytest.raises(DataError, match="1 value"):
         prepare_dataset(Dataset(torch.tensor([1.0, math.nan]), torch.zeros(2)), dtype=F32, device=cpu)
-
-
-def write(tmp_path, text, name="data.csv"):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def test_csv_with_header_takes_the_last_column_as_target(tmp_path):
-    data = csv_table(CsvConfig(path=write(tmp_path, "a,b,y\n1,2,3\n4,5,6\n\n")), dtype=F32)
-    assert data.features.tolist() == [[1, 2], [4, 5]] and data.targets.tolist() == [3, 6]
-
-
-def test_csv_target_by_name_or_index_and_without_header(tmp_path):
-    path = write(tmp_path, "y,a\n3,1\n6,4\n")
-    assert csv_table(CsvConfig(path=path, target="y"), dtype=F32).targets.tolist() == [3, 6]
-    headless = write(tmp_path, "3;1\n6;4\n", "headless.csv")
-    data = csv_table(CsvConfig(path=headless, target="0", delimiter=";"), dtype=F32)
-    assert data.targets.tolist() == [3, 6] and data.features.tolist() == [[1], [4]]
-    with pytest.raises(DataError, match="columns: y, a"):
-        csv_table(CsvConfig(path=path, target="z"), dtype=F32)
-
-
-def test_csv_errors_name_the_file_and_line(tmp_path):
-    bad_cell = write(tmp_path, "a,y\n1,2\n3,x\n", "bad.csv")
-    with pytest.raises(DataError, match=r"bad\.csv, line 3, column 'y': 'x' is not a number"):
-        csv_table(CsvConfig(path=bad_cell), dtype=F32)
-    ragged = write(tmp_path, "a,b,y\n1,2,3\n4,5\n", "ragged.csv")
-    with pytest.raises(DataError, match=r"ragged\.csv, line 3: 2 cells where the first row has 3"):
-        csv_table(CsvConfig(path=ragged), dtype=F32)
-    with pytest.raises(DataError, match=r"cannot read data.path=.*missing\.csv"):
-        csv_table(CsvConfig(path=str(tmp_path / "missing.csv")), dtype=F32)
-    with pytest.raises(DataError, match="no rows"):
-        csv_table(CsvConfig(path=write(tmp_path, "\n", "empty.csv")), dtype=F32)
 
 
 def test_inline_decimals_reach_a_float64_run_without_a_float32_detour():

@@ -40,7 +40,8 @@ SNAPSHOT = Path(".hydra") / "config.yaml"  # Hydra's snapshot of the run's compo
 
 @dataclass
 class Run:
-    """A trained run: its model, what result.json holds, its composed config, and its folder."""
+    """A trained run: its model (on the CPU, as :func:`load_run` gives it, whatever device
+    trained it), what result.json holds, its composed config, and its folder."""
 
     model: torch.nn.Module
     result: dict[str, Any]
@@ -55,7 +56,8 @@ class _KeepModel:
 
     @hookimpl
     def framework_fit_end(self, state, result):
-        self.model = state.run.model
+        # On the CPU: the caller's tensors are, and a model trained on a GPU would refuse them.
+        self.model = state.run.model.cpu()
 
 
 def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:

@@ -50,6 +50,10 @@ def train(manager, registry, compose_config):
     """train(overrides, run_dir=None) -> result dict, through the same run path as the CLI."""
 
     def train_with(overrides: list[str], run_dir: Path | None = None, task: str | None = None):
+        if not any(item.startswith("trainer.device=") for item in overrides):
+            # The CPU unless a test asks for a device: results are compared with CPU tensors,
+            # and device=auto would pick a GPU where there is one (tests/gpu covers CUDA).
+            overrides = ["trainer.device=cpu", *overrides]
         cfg = compose_config(overrides)
         return run_training(cfg, manager=manager, registry=registry, run_dir=run_dir, task=task)
 

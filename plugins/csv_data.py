@@ -12,6 +12,7 @@ import csv
 import logging
 import math
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -130,6 +131,12 @@ def read_columns(path: Path, delimiter: str, header_setting: str) -> Columns:
     return columns
 
 
+# The round-trip parser gives every number the float Python's float() gives; pandas' default
+# parser can be one unit in the last place off (seen with pandas 3.0.6). pandas 3.1 deprecates
+# the option (its default is exact there), so its warning is silenced where it is used.
+EXACT_FLOATS = {"float_precision": "round_trip"}
+
+
 def parse_numbers(path: Path, config: CsvConfig, columns: Columns) -> np.ndarray:
     """The table as float64 (rows, columns), NaN where a cell is empty or not a number."""
     width = len(columns.names)
@@ -138,15 +145,20 @@ def parse_numbers(path: Path, config: CsvConfig, columns: Columns) -> np.ndarray
         engine="c", skip_blank_lines=True, encoding="utf-8",
         # Only an empty cell is missing: "NA", "null" and the like are text, refused as not a number.
         keep_default_na=False, na_values=[""],
+        **EXACT_FLOATS,
     )
     try:
         try:
-            return pd.read_csv(path, dtype=np.float64, **options).to_numpy()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*float_precision", category=Warning)
+                return pd.read_csv(path, dtype=np.float64, **options).to_numpy()
         except pd.errors.ParserError:
             raise
         except ValueError:
             # Some cell is not a number: parse again as text, only to find where.
-            text = pd.read_csv(path, dtype=str, **options)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*float_precision", category=Warning)
+                text = pd.read_csv(path, dtype=str, **options)
             return text.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     except pd.errors.ParserError as error:
         # A row with more cells than the first: find its line (a row with fewer is padded with

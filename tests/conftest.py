@@ -63,6 +63,9 @@ def train(manager, registry, compose_config):
 def cli_env(env: dict | None = None) -> dict[str, str]:
     """A user's environment for ``python -m framework`` (no HYDRA_FULL_ERROR), plus ``env``."""
     full_env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    # device=auto picks a GPU where there is one; these tests check CPU results (tests/gpu
+    # covers CUDA).
+    full_env["CUDA_VISIBLE_DEVICES"] = ""
     full_env.update(env or {})
     return full_env
 

@@ -415,7 +415,7 @@ def test_an_interrupt_before_the_first_step_is_recorded_as_interrupted(manager, 
     registry = build_registry(manager)
     store_configs(registry)
     with pytest.raises(KeyboardInterrupt):
-        run_training(compose_config(["+task=linear", "data=interrupting"]), manager=manager, registry=registry,
+        run_training(compose_config(["+task=linear", "data=interrupting", "trainer.device=cpu"]), manager=manager, registry=registry,
                      run_dir=tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["status"], result["steps"], result["device"]) == ("interrupted", 0, "cpu")

@@ -39,7 +39,12 @@ def main() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     if received:
         _stop_at_startup()
-    cli_main()
+    try:
+        cli_main()
+    finally:
+        # Everything is written and reported. A Ctrl-C while the interpreter shuts down (a
+        # parallel launcher's pool joins its workers then) would only print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

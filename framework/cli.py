@@ -7,9 +7,11 @@ gets the full traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -56,7 +58,7 @@ def main() -> None:
     # file) is dropped, not reported with a traceback per line; the run goes on, and its run
     # folder keeps the record.
     logging.raiseExceptions = False
-    SweepSummary.failure = SweepSummary.interrupted = None
+    SweepSummary.failure = SweepSummary.interrupted = SweepSummary.sweep_dir = None
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
@@ -76,14 +78,19 @@ def main() -> None:
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)
+            with ctrl_c_only_while_working():
+                return run_job(cfg, hydra_config, multirun, sweep_dir)
+
+        def run_job(cfg: DictConfig, hydra_config, multirun: bool, sweep_dir: Path) -> float | None:
             try:
                 result = run_hydra_job(cfg, manager=manager, registry=registry)
-            except Interrupted as interrupt:
+            except KeyboardInterrupt as interrupt:  # Interrupted: a fit that stopped and saved
                 if not multirun:
                     raise
-                # The job saved what it had; the sweep ends once the other running jobs have
-                # (a parallel launcher would kill them if the interrupt reached it).
-                mark_interrupted(sweep_dir, interrupt.signal)
+                # The job saved what it had, or, stopped before its fit, wrote that it was
+                # interrupted; the sweep ends once the other running jobs have (a parallel
+                # launcher would break its pool if the interrupt reached it).
+                mark_interrupted(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
                 return math.inf
             except Exception as error:
                 report_job_failure(error, on_console=multirun)
@@ -98,7 +105,10 @@ def main() -> None:
             return result["final_loss"]  # what sweepers (Optuna) minimise
 
         app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train)
-        app()
+        try:
+            app()
+        except BaseException as error:
+            cut_short(error)
         if failed_run:
             raise failed_run[0]
         if SweepSummary.interrupted is not None:
@@ -130,6 +140,38 @@ def main() -> None:
             sys.stdout.flush()
         except BrokenPipeError:
             stop_writing_to(sys.stdout)
+
+
+@contextlib.contextmanager
+def ctrl_c_only_while_working():
+    """In a parallel launcher's worker process: Ctrl-C stops the job it runs, and is ignored
+    between jobs, when the worker waits or shuts down (the launcher's process stops the sweep;
+    the worker would only print a traceback)."""
+    if multiprocessing.parent_process() is None:  # the main process: its own handlers apply
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def cut_short(error: BaseException) -> None:
+    """A sweep that Hydra or its launcher ended by an exception: its summary is still written.
+    Where the sweep was interrupted (a Ctrl-C that reached a parallel launcher's workers while
+    they started, which breaks its pool), that is what is reported; otherwise ``error``."""
+    sweep_dir = SweepSummary.sweep_dir
+    if sweep_dir is None:
+        raise error
+    signum = interrupted_by(sweep_dir)
+    if signum is None and isinstance(error, KeyboardInterrupt):
+        signum = getattr(error, "signal", signal.SIGINT)
+        mark_interrupted(sweep_dir, signum)
+    SweepSummary.summarise()
+    if signum is None:
+        raise error
+    # main() reports the interruption as for any interrupted sweep.
 
 
 def skip_job(hydra_config) -> None:

@@ -86,22 +86,26 @@ def interrupted_by(sweep_dir: Path) -> int | None:
 # --------------------------------------------------------------------------------------------
 
 
-def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder (a folder with Hydra's .hydra/overrides.yaml) under the sweep."""
+def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, Any]]:
+    """One row per job folder (a folder with Hydra's .hydra/) under the sweep.
+
+    A job that left no result.json failed, or, in an interrupted sweep, did not finish (it may
+    have been stopped before Hydra wrote all its snapshot)."""
     rows = []
-    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        job_dir = overrides_file.parent.parent
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+    for snapshot in sorted(sweep_dir.glob("*/.hydra")):
+        job_dir = snapshot.parent
+        overrides_file = snapshot / "overrides.yaml"
+        overrides = (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else []
         result_file = job_dir / RESULT_FILE
         result = json.loads(result_file.read_text()) if result_file.exists() else {}
-        status = result.get("status", "failed")
+        status = result.get("status", "interrupted" if interrupted else "failed")
         rows.append({
             "job": job_dir.name,
             "status": status,
             "final_loss": result.get("final_loss"),
             "steps": result.get("steps"),
             "wall_s": result.get("wall_s"),
-            "stop_reason": result.get("stop_reason", "no result.json"),
+            "stop_reason": result.get("stop_reason", "unfinished: no result.json" if interrupted else "no result.json"),
             "device": result.get("device"),
             "overrides": " ".join(overrides),
             "error": result.get("error") or "",
@@ -162,21 +166,32 @@ class SweepSummary(Callback):
 
     failure: SweepFailed | None = None
     interrupted: int | None = None
+    sweep_dir: Path | None = None  # of the sweep under way, until its summary is written
+    previous_handlers: dict = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        self.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
+        SweepSummary.sweep_dir = sweep_dir
+        SweepSummary.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        restore_handlers(getattr(self, "previous_handlers", {}))
-        sweep_dir = Path(config.hydra.sweep.dir)
-        SweepSummary.interrupted = interrupted_by(sweep_dir)
-        rows = collect_jobs(sweep_dir)
-        if not rows:
+        SweepSummary.summarise()
+
+    @classmethod
+    def summarise(cls) -> None:
+        """Print and save the table of the sweep's jobs, once: when the sweep ends, or, when it
+        was cut short (a Ctrl-C while the launcher starts its workers), as the CLI ends."""
+        restore_handlers(cls.previous_handlers)
+        sweep_dir, cls.sweep_dir = cls.sweep_dir, None
+        if sweep_dir is None:
+            return
+        cls.interrupted = interrupted_by(sweep_dir)
+        rows = collect_jobs(sweep_dir, interrupted=cls.interrupted is not None)
+        if not rows and cls.interrupted is None:
             return
         text = write_summary(sweep_dir, rows)
         print_quietly(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
         print_quietly(text, end="")
-        failed = [row for row in rows if row["status"] != "completed"]
+        failed = [row for row in rows if row["status"] not in ("completed", "interrupted")]
         if failed:
-            SweepSummary.failure = SweepFailed(len(failed), len(rows), sweep_dir)
+            cls.failure = SweepFailed(len(failed), len(rows), sweep_dir)

@@ -253,3 +253,32 @@ def test_parallel_jobs_each_stop_cleanly(tmp_path, signum, to_group):
         assert load_checkpoint(list_checkpoints(job)[-1])["progress"]["step"] == result["steps"]
         assert "resume with" in (job / "framework.log").read_text()  # the job ran to its very end
         end_of_run_outputs_were_written(job)
+
+
+PARALLEL_SWEEP = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+task=linear", "trainer.max_steps=300",
+                  "optimizer.lr=0.001,0.002,0.003,0.004")
+MOMENTS = {
+    # The launcher is starting its worker processes: a Ctrl-C there used to break its pool.
+    "workers starting": lambda sweep_dir: (sweep_dir / "multirun.yaml").exists(),
+    "jobs starting": lambda sweep_dir: any(sweep_dir.glob("*/.hydra/config.yaml")),
+    # Everything is written; the interpreter shuts the pool down.
+    "shutting down": lambda sweep_dir: (sweep_dir / "summary.md").exists(),
+}
+
+
+@pytest.mark.parametrize("moment", sorted(MOMENTS))
+def test_ctrl_c_at_any_moment_of_a_parallel_sweep_writes_its_summary_and_no_traceback(tmp_path, moment):
+    sweep_dir = tmp_path / "sweep"
+    process = start(tmp_path, *PARALLEL_SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    wait_until(lambda: MOMENTS[moment](sweep_dir), process, timeout=180)
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    stdout, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    assert process.returncode in (0, 130), stderr
+    summary = (sweep_dir / "summary.md").read_text()
+    for job in sweep_dir.glob("*/.hydra"):  # every job that started is listed
+        assert f"| {job.parent.name} |" in summary, summary
+    for name, result in job_results(sweep_dir).items():  # and says how it ended
+        assert re.search(rf"\| {re.escape(name)} \|.*\| {result['status']} \|", summary), summary
+    if process.returncode == 130:
+        assert "| interrupted |" in summary or "|---|\n" == summary[-8:], summary

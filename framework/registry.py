@@ -45,9 +45,9 @@ class DisabledComponent:
 
     @classmethod
     def parse(cls, text: str) -> DisabledComponent:
-        plugin, _, reference = text.strip().rpartition(":")
+        plugin, colon, reference = text.strip().rpartition(":")
         kind, dot, name = reference.partition(".")
-        if not dot or not name or kind not in KINDS or (_ and not plugin):
+        if not dot or not name or kind not in KINDS or (colon and not plugin):
             raise ConfigError(
                 f"{DISABLE_COMPONENTS_ENV} holds {text.strip()!r}, which is not a component: write kind.name "
                 f"(e.g. loss.huber) or plugin:kind.name (e.g. losses:loss.huber), comma-separated; "

@@ -14,8 +14,14 @@ from framework import hookspecs
 from framework.errors import FrameworkError, PluginError
 from framework.hook_calls import PLUGIN_FAILURES, describe_failure
 from framework.locations import BUILTIN_PACKAGE, builtin_package
-from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, ENTRY_POINT_GROUP, PROJECT
-from framework.registry import Component, Registry
+from framework.markers import (
+    DISABLE_AUTOLOAD_ENV,
+    DISABLE_COMPONENTS_ENV,
+    DISABLE_PLUGINS_ENV,
+    ENTRY_POINT_GROUP,
+    PROJECT,
+)
+from framework.registry import Component, DisabledComponent, Registry, check_disabled
 
 # The built-in plugin modules of plugins/, in registration order. An in-code list (not entry
 # points) so that an uninstalled checkout works; each is registered exactly like a third-party
@@ -67,8 +73,18 @@ class PluginManager(pluggy.PluginManager):
 
 def disabled_plugins(environ: dict[str, str] | None = None) -> set[str]:
     """Names listed, comma-separated, in FRAMEWORK_DISABLE_PLUGINS."""
-    value = (os.environ if environ is None else environ).get(DISABLE_PLUGINS_ENV, "")
-    return {name.strip() for name in value.split(",") if name.strip()}
+    return set(_listed(DISABLE_PLUGINS_ENV, environ))
+
+
+def disabled_components(environ: dict[str, str] | None = None) -> list[DisabledComponent]:
+    """Components listed, comma-separated, in FRAMEWORK_DISABLE_COMPONENTS (kind.name or
+    plugin:kind.name); a malformed entry is refused."""
+    return [DisabledComponent.parse(entry) for entry in _listed(DISABLE_COMPONENTS_ENV, environ)]
+
+
+def _listed(variable: str, environ: dict[str, str] | None) -> list[str]:
+    value = (os.environ if environ is None else environ).get(variable, "")
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 def create_plugin_manager(
@@ -138,23 +154,36 @@ def call_each(manager: PluginManager, hook_name: str, only: Iterable[str] | None
 
 def contributions(manager: PluginManager, hook_name: str, expected: type) -> list[tuple[str, Any]]:
     """Call a contribution hook plugin by plugin: [(provider, item)], failures naming the plugin."""
+    return [(manager.describe(name), item) for name, item in _contributions_by_plugin(manager, hook_name, expected)]
+
+
+def _contributions_by_plugin(manager: PluginManager, hook_name: str, expected: type) -> list[tuple[str, Any]]:
+    """[(plugin name, item)] from a contribution hook, each item checked to be ``expected``."""
     items = []
     for name, returned in call_each(manager, hook_name):
-        provider = manager.describe(name)
         for item in returned or ():
             if not isinstance(item, expected):
                 raise PluginError(
-                    f"plugin {provider} returned {item!r} from {hook_name}; expected framework.{expected.__name__} objects"
+                    f"plugin {manager.describe(name)} returned {item!r} from {hook_name}; "
+                    f"expected framework.{expected.__name__} objects"
                 )
-            items.append((provider, item))
+            items.append((name, item))
     return items
 
 
-def build_registry(manager: PluginManager) -> Registry:
-    """Ask every plugin for its components and fill a registry, naming providers on conflict."""
-    registry = Registry()
-    for provider, component in contributions(manager, "framework_components", Component):
-        registry.add(component, provider)
+def build_registry(manager: PluginManager, disabled: Iterable[DisabledComponent] | None = None) -> Registry:
+    """Ask every plugin for its components and fill a registry, naming providers on conflict.
+
+    ``disabled`` (default: FRAMEWORK_DISABLE_COMPONENTS) leaves single components out, so a
+    plugin's component can replace a built-in of the same name without losing the rest of the
+    built-in plugin; an entry that matches nothing is refused.
+    """
+    disabled = disabled_components() if disabled is None else list(disabled)
+    offered = _contributions_by_plugin(manager, "framework_components", Component)
+    check_disabled(disabled, offered)
+    registry = Registry(disabled)
+    for name, component in offered:
+        registry.add(component, manager.describe(name), plugin=name)
     return registry
 
 

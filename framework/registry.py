@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from framework.errors import ConfigError, PluginError
+from framework.markers import DISABLE_COMPONENTS_ENV, DISABLE_PLUGINS_ENV
 
 KINDS = ("data", "model", "loss", "optimizer", "scheduler", "logger")
 
@@ -33,13 +34,67 @@ class AutogradCheck:
     make_inputs: Callable[[], tuple]
 
 
+@dataclass(frozen=True)
+class DisabledComponent:
+    """One entry of FRAMEWORK_DISABLE_COMPONENTS: ``kind.name`` (whoever provides it) or
+    ``plugin:kind.name`` (that plugin's only, so another plugin's of the same name can be used)."""
+
+    kind: str
+    name: str
+    plugin: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DisabledComponent:
+        plugin, colon, reference = text.strip().rpartition(":")
+        kind, dot, name = reference.partition(".")
+        if not dot or not name or kind not in KINDS or (colon and not plugin):
+            raise ConfigError(
+                f"{DISABLE_COMPONENTS_ENV} holds {text.strip()!r}, which is not a component: write kind.name "
+                f"(e.g. loss.huber) or plugin:kind.name (e.g. losses:loss.huber), comma-separated; "
+                f"kinds are: {', '.join(KINDS)}"
+            )
+        return cls(kind, name, plugin or None)
+
+    def matches(self, component: Component, plugin: str) -> bool:
+        return (component.kind, component.name) == (self.kind, self.name) and self.plugin in (None, plugin)
+
+    def __str__(self) -> str:
+        return f"{self.plugin}:{self.kind}.{self.name}" if self.plugin else f"{self.kind}.{self.name}"
+
+
+def check_disabled(disabled: Iterable[DisabledComponent], offered: Iterable[tuple[str, Component]]) -> None:
+    """Refuse FRAMEWORK_DISABLE_COMPONENTS entries that match none of the (plugin name,
+    component) pairs the plugins offer, so a misspelt entry is never ignored silently."""
+    offered = list(offered)
+    problems = []
+    for entry in disabled:
+        if any(entry.matches(component, plugin) for plugin, component in offered):
+            continue
+        names = sorted({component.name for plugin, component in offered
+                        if component.kind == entry.kind and entry.plugin in (None, plugin)})
+        source = f"plugin {entry.plugin!r}" if entry.plugin else "any plugin"
+        problems.append(f"{entry} matches no {entry.kind} of {source} ({entry.kind} components there: "
+                        f"{', '.join(names) or 'none; is that plugin loaded?'})")
+    if problems:
+        raise ConfigError(f"{DISABLE_COMPONENTS_ENV} names components that do not exist: {'; '.join(problems)}")
+
+
 class Registry:
-    """Components by kind and name. Filled once from the plugins, then read by the build."""
+    """Components by kind and name. Filled once from the plugins, then read by the build.
 
-    def __init__(self) -> None:
+    Components matching an entry of ``disabled`` are left out as they are added.
+    """
+
+    def __init__(self, disabled: Iterable[DisabledComponent] = ()) -> None:
         self._components: dict[tuple[str, str], Component] = {}
+        self._plugins: dict[tuple[str, str], str] = {}  # which plugin name provided each component
+        self._disabled = tuple(disabled)
 
-    def add(self, component: Component, provider: str) -> None:
+    def add(self, component: Component, provider: str, plugin: str = "") -> None:
+        """Register ``component`` from the plugin described by ``provider`` (whose plugin name,
+        when given, lets errors and FRAMEWORK_DISABLE_COMPONENTS address it)."""
+        if any(entry.matches(component, plugin) for entry in self._disabled):
+            return
         if component.kind not in KINDS:
             raise PluginError(
                 f"plugin {provider} contributes {component.name!r} of unknown kind "
@@ -57,12 +112,22 @@ class Registry:
             )
         key = (component.kind, component.name)
         if key in self._components:
-            first = self._components[key].provider
-            raise PluginError(
-                f"{component.kind} {component.name!r} is provided twice: by plugin {first} and by "
-                f"plugin {provider}. Uninstall one, or disable it with FRAMEWORK_DISABLE_PLUGINS."
-            )
+            raise PluginError(self._provided_twice(component, provider, plugin))
         self._components[key] = dataclasses.replace(component, provider=provider)
+        self._plugins[key] = plugin
+
+    def _provided_twice(self, component: Component, provider: str, plugin: str) -> str:
+        key = (component.kind, component.name)
+        first, first_plugin = self._components[key].provider, self._plugins[key]
+        message = f"{component.kind} {component.name!r} is provided twice: by plugin {first} and by plugin {provider}."
+        if not (first_plugin and plugin):
+            return f"{message} Uninstall one, or disable one plugin with {DISABLE_PLUGINS_ENV}."
+        reference = f"{component.kind}.{component.name}"
+        return (
+            f"{message} To use the one from {plugin!r} and keep the rest of {first_plugin!r}, set "
+            f"{DISABLE_COMPONENTS_ENV}={first_plugin}:{reference}; to keep the one from {first_plugin!r}, set "
+            f"{DISABLE_COMPONENTS_ENV}={plugin}:{reference}. ({DISABLE_PLUGINS_ENV}=NAME disables a whole plugin.)"
+        )
 
     def get(self, kind: str, name: str) -> Component:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -67,3 +69,74 @@ def test_misspelt_key_is_refused_by_name(compose_config):
 
     with pytest.raises(ConfigCompositionException, match="model.degre"):
         compose_config(["+task=polyfit", "model.degre=3"])
+
+
+# --------------------------------------------------------------------------------------------
+# A preset's optimizer settings belong to the optimizer it chose (conf/task_optimizer/)
+# --------------------------------------------------------------------------------------------
+
+
+def torch_default(optimizer_class, option: str):
+    """The option's default in the torch optimizer's own signature: the independent reference."""
+    return inspect.signature(optimizer_class).parameters[option].default
+
+
+def test_every_optimizer_specialization_belongs_to_a_preset_and_its_optimizer():
+    # A file whose task or optimizer was renamed would silently never apply again.
+    on_disk = {path.stem for path in (config_dir() / "task_optimizer").glob("*.yaml")}
+    assert on_disk == {f"{task}_{row[3]}" for task, row in TASKS.items()}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("optimizer, optimizer_class", [("lbfgs", torch.optim.LBFGS), ("adam", torch.optim.Adam)])
+def test_swapping_the_optimizer_gives_that_optimizers_own_defaults(task, optimizer, optimizer_class, compose_config):
+    cfg = compose_config([f"+task={task}", f"optimizer={optimizer}"])
+    assert cfg.optimizer.name == optimizer
+    assert cfg.optimizer.lr == torch_default(optimizer_class, "lr")
+    # The rest of the preset stays.
+    rows, model, loss, _, _, steps = TASKS[task]
+    assert (cfg.loss.name, cfg.trainer.max_steps) == (loss, steps)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_an_lr_set_on_the_command_line_wins_with_any_optimizer(task, compose_config):
+    assert compose_config([f"+task={task}", "optimizer.lr=0.05"]).optimizer.lr == 0.05
+    assert compose_config([f"+task={task}", "optimizer=lbfgs", "optimizer.lr=0.5"]).optimizer.lr == 0.5
+
+
+def test_no_task_is_no_specialization(compose_config):
+    cfg = compose_config(["optimizer=nadam"])
+    assert cfg.optimizer.lr == torch_default(torch.optim.NAdam, "lr")
+
+
+def least_squares_quadratic(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """The exact fit of y = A x^2 + B x + C, in float64, with no optimizer involved."""
+    design = torch.stack([x**2, x, torch.ones_like(x)], dim=1).double()
+    return torch.linalg.lstsq(design, y.double()[:, None]).solution.flatten().tolist()
+
+
+def test_polyfit_with_lbfgs_recovers_the_coefficients_in_20_steps(tmp_path):
+    import framework
+
+    run = framework.train(["+task=polyfit", "optimizer=lbfgs", "trainer.max_steps=20", "logger=[console]"],
+                          run_dir=tmp_path / "run")
+    torch.manual_seed(0)  # the preset's data: 20 samples of x^2 + 2x + 3, x ~ N(0, 1) * 5
+    x = torch.randn(20) * 5
+    exact = least_squares_quadratic(x, x**2 + 2 * x + 3)
+    assert exact == pytest.approx([1, 2, 3], abs=1e-5)  # float32 samples: exact up to rounding
+    assert run.result["steps"] <= 20
+    assert [run.result["params"][name] for name in "ABC"] == pytest.approx(exact, abs=1e-3)
+
+
+def test_a_sweep_over_optimizers_gives_each_job_its_own_optimizers_settings(tmp_path):
+    from tests.conftest import run_cli
+
+    sweep_dir = tmp_path / "sweep"
+    completed = run_cli("-m", "+task=polyfit", "optimizer=nadam,lbfgs", "trainer.max_steps=20", "logger=[console]",
+                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env={"FRAMEWORK_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert completed.returncode == 0, completed.stderr
+    snapshots = {OmegaConf.load(path).optimizer.name: OmegaConf.load(path).optimizer
+                 for path in sweep_dir.glob("*/.hydra/config.yaml")}
+    assert set(snapshots) == {"nadam", "lbfgs"}
+    assert snapshots["nadam"].lr == TASKS["polyfit"][4]  # the preset's own optimizer keeps its settings
+    assert snapshots["lbfgs"].lr == torch_default(torch.optim.LBFGS, "lr")

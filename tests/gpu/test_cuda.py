@@ -17,7 +17,7 @@ from framework.errors import NonFiniteLossError
 from framework.signals import Interrupted
 from tests.framework.compare import assert_same_run
 from tests.framework.test_reference_tasks import PLAIN_LOOPS
-from tests.framework.test_resume import CASES, SignalAt
+from tests.framework.test_resume import CASES, SignalAt, ctrl_c_raises  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -33,15 +33,6 @@ def test_task_on_cuda_agrees_with_the_plain_cpu_loop(task, train, recorder, tmp_
         assert ours.device.type == "cuda", name
         # Other kernels round differently: equal up to float32 rounding, not bit for bit.
         torch.testing.assert_close(ours.cpu(), value.detach(), rtol=2e-3, atol=2e-3, msg=f"{task}: {name}")
-
-
-@pytest.fixture
-def ctrl_c_raises():
-    import signal
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -25,6 +25,7 @@ _SOURCES = {
     "ConfigError": "framework.errors",
     "DataError": "framework.errors",
     "FrameworkError": "framework.errors",
+    "OutputError": "framework.errors",
     "PluginError": "framework.errors",
     "TrainingError": "framework.errors",
     "is_small_model": "framework.outputs",

@@ -28,6 +28,12 @@ The ``state`` every fit hook receives is a :class:`framework.LoopState`:
   updates done), ``epoch``, ``batch_index``, ``last_loss`` and ``stop``, the stop request. Any
   plugin may call ``state.progress.stop.request(reason)``; the loop finishes the current step
   and ends the run cleanly (checkpoint, loggers' end, result.json with ``stop_reason``).
+
+A plugin whose hook raises (``SystemExit`` included) fails the run with a
+:class:`framework.PluginError` that names the plugin, the hook and the components being
+trained; a :class:`framework.FrameworkError` it raises is its own message to the user and is
+kept as it is. ``framework_exception`` and ``framework_fit_end`` are called implementation by
+implementation: one that fails does not keep the others from running.
 """
 
 from __future__ import annotations
@@ -214,6 +220,8 @@ def framework_fit_end(state: LoopState, result: dict[str, Any]) -> None:
     Called exactly once per fit, last, with the final ``state``. ``result`` holds what
     ``result.json`` (already written when a run folder exists) holds
     (``task``, ``status``, ``steps``, ``final_loss``, ``params``, ``wall_s``, ``device``,
-    ``stop_reason``). Loggers flush and close here. Implementations must not mutate
-    ``result``. Results are ignored.
+    ``stop_reason``, ``error``). Loggers flush and close here. Implementations must not mutate
+    ``result``. Results are ignored. Every implementation is called even when another raised;
+    the first failure marks the run failed (``result`` says so to the implementations called
+    after it, and result.json is rewritten), and the run exits non-zero.
     """

@@ -14,8 +14,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from framework import KINDS, Component, hookimpl, is_small_model, setting
-from framework.errors import OutputError
+from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
 LAYOUT = {

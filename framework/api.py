@@ -56,8 +56,7 @@ class _KeepModel:
 
     @hookimpl
     def framework_fit_end(self, state, result):
-        # On the CPU: the caller's tensors are, and a model trained on a GPU would refuse them.
-        self.model = state.run.model.cpu()
+        self.model = state.run.model  # moved to the CPU once every plugin is done with it
 
 
 def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
@@ -107,7 +106,8 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
         GlobalHydra.instance().clear()
     if "error" in outcome:
         raise outcome["error"]
-    return Run(model=keep.model, result=outcome["result"], config=outcome["config"], dir=outcome["dir"])
+    # On the CPU: the caller's tensors are, and a model trained on a GPU would refuse them.
+    return Run(model=keep.model.cpu(), result=outcome["result"], config=outcome["config"], dir=outcome["dir"])
 
 
 def rebuild_model(config: DictConfig, weights: dict[str, torch.Tensor], metadata: dict[str, Any],

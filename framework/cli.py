@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import multiprocessing
@@ -45,6 +46,8 @@ from framework.sweeps import (
 log = logging.getLogger("framework")
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 CONFIG_ERROR_EXIT = 2
+# Write failures no one can fix but by freeing space: reported as such wherever they come from.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 # At import, not in main(): parallel launchers (joblib) name job folders in worker processes,
 # which import this module to run the job but never call main().
@@ -71,7 +74,8 @@ def main() -> None:
         def train(cfg: DictConfig) -> float | None:
             hydra_config = HydraConfig.get()
             multirun = hydra_config.mode == RunMode.MULTIRUN
-            sweep_dir = Path(hydra_config.sweep.dir)
+            # Read in a sweep only: reading it claims the folder (framework_new_folder).
+            sweep_dir = Path(hydra_config.sweep.dir) if multirun else None
             if multirun and interrupted_by(sweep_dir):
                 skip_job(hydra_config)
                 return math.inf
@@ -81,7 +85,7 @@ def main() -> None:
             with ctrl_c_only_while_working():
                 return run_job(cfg, hydra_config, multirun, sweep_dir)
 
-        def run_job(cfg: DictConfig, hydra_config, multirun: bool, sweep_dir: Path) -> float | None:
+        def run_job(cfg: DictConfig, hydra_config, multirun: bool, sweep_dir: Path | None) -> float | None:
             try:
                 result = run_hydra_job(cfg, manager=manager, registry=registry)
             except KeyboardInterrupt as interrupt:  # Interrupted: a fit that stopped and saved
@@ -216,7 +220,7 @@ def describe_error(error: Exception) -> tuple[str | None, int]:
         if hint:
             parts.append(hint)
         return "error: " + "\n".join(parts), CONFIG_ERROR_EXIT
-    if isinstance(error, OSError):  # Hydra writing its snapshot, or a launcher, on a full disk
+    if isinstance(error, OSError) and error.errno in DISK_FULL:  # Hydra writing its snapshot
         return f"error: {OutputError(error.filename or 'the run folder', error)}", OutputError.exit_code
     hint = f"Set {FULL_ERROR_ENV}=1 for the full traceback."
     if reported:

@@ -73,6 +73,8 @@ def call_every(hook: Any, hook_name: str, context: str = "", on_failure: Callabl
     told of each at once, so that the implementations after it can see it (a result marked failed)."""
     failures = []
     for impl in reversed(getattr(hook, hook_name).get_hookimpls()):  # pluggy calls the last first
+        if impl.hookwrapper or impl.wrapper:
+            continue  # a wrapper needs pluggy's own call; the hookspecs say these hooks take none
         try:
             impl.function(**{name: arguments[name] for name in impl.argnames})
         except FrameworkError as error:

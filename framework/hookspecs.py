@@ -33,7 +33,8 @@ A plugin whose hook raises (``SystemExit`` included) fails the run with a
 :class:`framework.PluginError` that names the plugin, the hook and the components being
 trained; a :class:`framework.FrameworkError` it raises is its own message to the user and is
 kept as it is. ``framework_exception`` and ``framework_fit_end`` are called implementation by
-implementation: one that fails does not keep the others from running.
+implementation: one that fails does not keep the others from running (so these two take no
+``hookwrapper``/``wrapper`` implementations; such a wrapper is not called).
 """
 
 from __future__ import annotations

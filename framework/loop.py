@@ -13,7 +13,7 @@ import torch
 from framework.batches import next_batch
 from framework.checkpoints import Checkpointer
 from framework.errors import FrameworkError, NonFiniteLossError, OutputError, PluginError, TrainingError, user_message
-from framework.hook_calls import call_every, call_hook
+from framework.hook_calls import PLUGIN_FAILURES, call_every, call_hook
 from framework.outputs import finite_or_none, result_record, small_model_params, write_result
 from framework.state import BuiltRun, LoopState, Progress
 
@@ -127,7 +127,7 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
                 loss = step(features, targets)
             except FrameworkError:
                 raise
-            except Exception as caught:
+            except PLUGIN_FAILURES as caught:  # the step is a plugin's: a SystemExit too
                 raise StepError(state, caught) from caught
             progress.step += 1
             if scheduler is not None:

@@ -181,10 +181,11 @@ class SweepSummary(Callback):
     def summarise(cls) -> None:
         """Print and save the table of the sweep's jobs, once: when the sweep ends, or, when it
         was cut short (a Ctrl-C while the launcher starts its workers), as the CLI ends."""
-        restore_handlers(cls.previous_handlers)
         sweep_dir, cls.sweep_dir = cls.sweep_dir, None
         if sweep_dir is None:
             return
+        restore_handlers(cls.previous_handlers)
+        cls.previous_handlers = {}
         cls.interrupted = interrupted_by(sweep_dir)
         rows = collect_jobs(sweep_dir, interrupted=cls.interrupted is not None)
         if not rows and cls.interrupted is None:

@@ -166,7 +166,10 @@ class TensorBoardLogger:
             try:
                 self.writer.close()
             except OSError:
-                pass  # reported when it first failed
+                # Reported when it first failed. close() flushes first and stops at the same
+                # error, so the event file is closed when the process ends (it does, the run
+                # having failed).
+                pass
             return
         self._end(state, result)
 

@@ -80,3 +80,10 @@ def test_job_names_that_differ_past_the_length_a_file_system_takes_stay_apart():
     second = job_folder_name(1, [prefix + "2.csv"], [], BASIC_SWEEPER)
     assert first != second
     assert all(len(name.encode()) <= 200 and name.startswith("data.path=ddd") for name in (first, second))
+
+
+def test_a_single_run_claims_its_run_folder_and_no_sweep_folder(tmp_path):
+    done = run_cli("+task=linear", "trainer.max_steps=3", "logger=[]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("outputs/*/*/result.json"))) == 1
+    assert not (tmp_path / "multirun").exists()

@@ -97,3 +97,23 @@ def test_a_plugins_own_framework_error_is_kept_as_its_message(manager, train, tm
     with pytest.raises(DataError, match="the data are stale"):
         train(["+task=linear", "trainer.max_steps=5", "logger=[]"], run_dir=tmp_path)
     assert json.loads((tmp_path / "result.json").read_text())["error"] == "the data are stale"
+
+
+class ExitingStep:
+    """A plugin's training step that calls sys.exit(0)."""
+
+    @hookimpl
+    def framework_configure_step(self, state):
+        def step(features, targets):
+            raise SystemExit(0)
+
+        return step
+
+
+def test_a_step_that_exits_fails_the_run_instead_of_ending_the_process(manager, train, tmp_path):
+    from framework.errors import TrainingError
+
+    manager.register_plugin(ExitingStep(), "exiting_step", "test")
+    with pytest.raises(TrainingError, match="training failed at step 1: SystemExit"):
+        train(["+task=linear", "trainer.max_steps=5", "logger=[]"], run_dir=tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"

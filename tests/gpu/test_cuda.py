@@ -68,3 +68,13 @@ def test_a_checkpoint_taken_on_cuda_resumes_on_the_cpu(train, tmp_path):
     result = train(["+task=linear", "trainer.max_steps=60", "logger=[]", "trainer.device=cpu",
                     f"trainer.resume={tmp_path / 'gpu'}"], run_dir=tmp_path / "gpu")
     assert (result["status"], result["steps"], result["device"]) == ("completed", 60, "cpu")
+
+
+def test_the_python_api_trains_on_cuda_with_the_default_loggers_and_returns_a_cpu_model(tmp_path):
+    import framework
+
+    run = framework.train(["+task=polyfit", "trainer.max_steps=50", "trainer.device=cuda"], run_dir=tmp_path / "run")
+    assert run.result["status"] == "completed" and run.result["device"].startswith("cuda")
+    assert all(parameter.device.type == "cpu" for parameter in run.model.parameters())
+    x = torch.linspace(-3, 3, 7)[:, None]
+    assert torch.equal(run.model(x), framework.load_run(run.dir).model(x))

@@ -178,14 +178,15 @@ def build_state(
     return LoopState(run=run, progress=Progress(shuffle_generator=shuffle_generator))
 
 
-def build_loggers(
-    cfg: DictConfig, registry: Registry, *, run_dir: Path | None, overrides: list[str]
+def build_per_fit(
+    kind: str, cfg: DictConfig, registry: Registry, *, run_dir: Path | None, overrides: list[str]
 ) -> dict[str, Any]:
-    """One logger object per entry under ``logger``; each is a plugin for the length of a fit."""
-    loggers = {}
-    for name, node in (cfg.get("logger") or {}).items():
-        component, config = component_config(node, "logger", registry)
-        loggers[name] = call_factory(
+    """One object per entry under ``logger`` (or ``callback``); each is a plugin for the length
+    of a fit."""
+    built = {}
+    for name, node in (cfg.get(kind) or {}).items():
+        component, config = component_config(node, kind, registry)
+        built[name] = call_factory(
             component, config, run_dir=run_dir, run_config=cfg, run_overrides=overrides
         )
-    return loggers
+    return built

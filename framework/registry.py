@@ -9,7 +9,10 @@ from typing import Any, Callable, Iterable
 from framework.errors import ConfigError, PluginError
 from framework.markers import DISABLE_COMPONENTS_ENV, DISABLE_PLUGINS_ENV
 
-KINDS = ("data", "model", "loss", "optimizer", "scheduler", "logger")
+KINDS = ("data", "model", "loss", "optimizer", "scheduler", "logger", "callback")
+# Kinds chosen several at a time (logger=[console,tensorboard]): each chosen one is an object that
+# is a plugin for the length of a fit, with its settings under <kind>.<name>.
+PER_FIT_KINDS = ("logger", "callback")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.build import build_loggers, build_state
+from framework.build import build_per_fit, build_state
 from framework.checkpoints import Checkpointer
 from framework.devices import resolve_device, resolve_dtype, seed_everything
 from framework.errors import ConfigError, user_message
@@ -18,7 +18,7 @@ from framework.loop import fit
 from framework.outputs import RESULT_FILE, unstarted_result, write_result
 from framework.plugin_manager import PluginManager, call_each
 from framework.ranges import check_ranges
-from framework.registry import Registry
+from framework.registry import PER_FIT_KINDS, Registry
 from framework.resume import resume_command, resume_from, warm_start
 from framework.schema import TrainerConfig, unknown_keys
 from framework.signals import Interrupted, stop_on_signals
@@ -75,9 +75,11 @@ def run_training(
             device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
             seed_everything(trainer.seed)
             state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
-            for name, logger in build_loggers(cfg, registry, run_dir=run_dir, overrides=overrides or []).items():
-                manager.register_plugin(logger, f"logger.{name}", "logger component")
-                registered.append(f"logger.{name}")
+            for kind in PER_FIT_KINDS:
+                for name, plugin in build_per_fit(kind, cfg, registry, run_dir=run_dir,
+                                                  overrides=overrides or []).items():
+                    manager.register_plugin(plugin, f"{kind}.{name}", f"{kind} component")
+                    registered.append(f"{kind}.{name}")
             for provider, objects in call_each(manager, "framework_fit_plugins", state=state):
                 for plugin in objects or ():
                     name = f"{provider}.{type(plugin).__name__}"

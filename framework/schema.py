@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from framework.errors import ConfigError
 from framework.ranges import setting
-from framework.registry import KINDS, Registry
+from framework.registry import KINDS, PER_FIT_KINDS, Registry
 
 SCHEMA_NAME = "framework_schema"
 DEVICES_HELP = "auto | cpu | cuda | cuda:N"
@@ -65,6 +65,7 @@ class FrameworkConfig:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     logger: Dict[str, Any] = field(default_factory=dict)
+    callback: Dict[str, Any] = field(default_factory=dict)
 
 
 def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:
@@ -95,11 +96,11 @@ def null_group_overrides(args: list[str]) -> list[str]:
     for arg in args:
         kind, equals, value = arg.partition("=")
         if equals and kind in KINDS and value.strip().lower() == "null":
-            if kind != "logger":
+            if kind not in PER_FIT_KINDS:
                 constant = " (scheduler=none keeps the learning rate constant)" if kind == "scheduler" else ""
                 raise ConfigError(f"{arg} chooses no {kind}, but a run needs one; choose one with {kind}=NAME "
                                   f"(python -m framework --help lists them){constant}")
-            arg = "logger=[]"
+            arg = f"{kind}=[]"
         rewritten.append(arg)
     return rewritten
 
@@ -126,7 +127,7 @@ def store_configs(registry: Registry, store: ConfigStore | None = None) -> None:
     for component in registry:
         # Loggers are chosen several at a time (logger=[console,tensorboard]); each keeps its
         # own node under logger.<name>.
-        package = f"logger.{component.name}" if component.kind == "logger" else component.kind
+        package = f"{component.kind}.{component.name}" if component.kind in PER_FIT_KINDS else component.kind
         store.store(
             group=component.kind,
             name=component.name,

@@ -27,6 +27,7 @@ EXPECTED_COMPONENTS = {
     "data": {"polynomial", "tensor", "sine", "equations", "csv"},
     "logger": {"console", "tensorboard"},
     "scheduler": {"none", "step", "exponential", "cosine", "linear"},
+    "callback": {"early_stopping"},
 }
 
 

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 import framework
 from framework import Component, ConfigError, Range, hookimpl, setting, undeclared_ranges
 from framework.plugin_manager import build_registry
+from framework.registry import PER_FIT_KINDS
 from framework.ranges import check_ranges, is_numeric, range_errors, range_of
 from framework.schema import DataConfig, TrainerConfig, null_group_overrides, store_configs
 
@@ -93,8 +94,9 @@ def numeric_settings(registry):
     setting of the built-ins that declares a range."""
     sources = [(["data=polynomial"], "trainer", TrainerConfig), (["data=polynomial"], "data", DataConfig)]
     for component in registry:
-        if component.kind == "logger":
-            sources.append(([f"logger=[{component.name}]"], f"logger.{component.name}", component.config))
+        if component.kind in PER_FIT_KINDS:
+            sources.append(([f"{component.kind}=[{component.name}]"], f"{component.kind}.{component.name}",
+                            component.config))
         else:
             sources.append(([f"{component.kind}={component.name}"], component.kind, component.config))
     for choose, prefix, config in sources:

@@ -1,0 +1,84 @@
+"""The early_stopping callback stops at the step a plain loop applying the same rule finds, and a
+run stopped and resumed stops where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from framework import ConfigError
+from framework.signals import Interrupted
+from tests.framework.compare import assert_same_run
+from tests.framework.test_resume import SignalAt, ctrl_c_raises  # noqa: F401 (a fixture)
+
+LOG_EVERY, MAX_STEPS = 10, 20000
+
+
+def plain_polyfit_losses(steps: int) -> list[float]:
+    """The polyfit preset's loop written plainly (tests/framework/test_reference_tasks.py): the
+    loss of every step, as the step computed it."""
+    torch.manual_seed(0)
+    x = torch.randn(20) * 5
+    y = x**2 + 2 * x + 3
+    A, B, C = (torch.randn((), requires_grad=True) for _ in range(3))
+    optimizer = torch.optim.NAdam([A, B, C], lr=0.01)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(A * x**2 + B * x + C, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def plain_stop_step(losses: list[float], min_delta: float, patience: int) -> int:
+    """Keras' rule on the logged steps (1, every LOG_EVERY): the step of the patience-th check
+    in a row that did not beat the best by more than min_delta."""
+    best, bad = math.inf, 0
+    for step, loss in enumerate(losses, 1):
+        if step != 1 and step % LOG_EVERY:
+            continue
+        if loss < best - min_delta:
+            best, bad = loss, 0
+        else:
+            bad += 1
+            if bad == patience:
+                return step
+    raise AssertionError("the plain loop never stops")
+
+
+@pytest.mark.parametrize("min_delta, patience", [(1e-3, 5), (1e-2, 3)])
+def test_stops_at_the_step_a_plain_loop_applying_the_same_rule_finds(train, tmp_path, min_delta, patience):
+    expected = plain_stop_step(plain_polyfit_losses(6000), min_delta, patience)
+    result = train(["+task=polyfit", f"trainer.max_steps={MAX_STEPS}", f"trainer.log_every={LOG_EVERY}",
+                    "logger=[]", "callback=[early_stopping]", f"callback.early_stopping.min_delta={min_delta}",
+                    f"callback.early_stopping.patience={patience}"], run_dir=tmp_path)
+    assert result["status"] == "completed"
+    assert result["steps"] == expected < MAX_STEPS
+    assert result["stop_reason"].startswith("early_stopping: train/loss")
+    assert json.loads((tmp_path / "result.json").read_text())["stop_reason"] == result["stop_reason"]
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does(train, manager, tmp_path, ctrl_c_raises):  # noqa: F811
+    overrides = ["+task=polyfit", f"trainer.max_steps={MAX_STEPS}", f"trainer.log_every={LOG_EVERY}",
+                 "callback=[early_stopping]", "callback.early_stopping.min_delta=1e-3"]
+    straight = train(overrides, run_dir=tmp_path / "straight")
+    stop_at = straight["steps"] - 25  # after some checks without improvement were counted
+    stopper = SignalAt(stop_at)
+    manager.register_plugin(stopper, "stopper", "test")
+    with pytest.raises(Interrupted):
+        train(overrides, run_dir=tmp_path / "stopped")
+    manager.unregister(stopper)
+    resumed = train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped")
+    assert (resumed["steps"], resumed["stop_reason"]) == (straight["steps"], straight["stop_reason"])
+    assert_same_run(tmp_path / "stopped", tmp_path / "straight")
+
+
+def test_a_monitor_that_is_not_logged_is_refused_by_name(train, tmp_path):
+    with pytest.raises(ConfigError, match="callback.early_stopping.monitor=val/loss is not logged"):
+        train(["+task=linear", "logger=[]", "callback=[early_stopping]", "callback.early_stopping.monitor=val/loss"],
+              run_dir=tmp_path)

@@ -54,6 +54,11 @@ def plugin_error(hook_name: str, plugin: str | None, error: BaseException, conte
     return PluginError(f"{who} failed in {hook_name}{where}: {describe_failure(error)}")
 
 
+def call_implementation(impl: Any, arguments: dict[str, Any]) -> Any:
+    """One hook implementation, given the arguments it names (pluggy's opt-in arguments)."""
+    return impl.function(**{name: arguments[name] for name in impl.argnames})
+
+
 def call_hook(hook: Any, hook_name: str, context: str = "", **arguments: Any) -> Any:
     """``hook.<hook_name>(**arguments)``; a plugin's exception or SystemExit becomes a
     PluginError naming it. A FrameworkError is the plugin's own message to the user and is kept."""
@@ -76,7 +81,7 @@ def call_every(hook: Any, hook_name: str, context: str = "", on_failure: Callabl
         if impl.hookwrapper or impl.wrapper:
             continue  # a wrapper needs pluggy's own call; the hookspecs say these hooks take none
         try:
-            impl.function(**{name: arguments[name] for name in impl.argnames})
+            call_implementation(impl, arguments)
         except FrameworkError as error:
             failures.append(error)
         except PLUGIN_FAILURES as error:

@@ -12,7 +12,7 @@ import pluggy
 
 from framework import hookspecs
 from framework.errors import FrameworkError, PluginError
-from framework.hook_calls import PLUGIN_FAILURES, describe_failure
+from framework.hook_calls import PLUGIN_FAILURES, call_implementation, describe_failure
 from framework.locations import BUILTIN_PACKAGE, builtin_package
 from framework.markers import (
     DISABLE_AUTOLOAD_ENV,
@@ -142,7 +142,7 @@ def call_each(manager: PluginManager, hook_name: str, only: Iterable[str] | None
         if wanted is not None and impl.plugin_name not in wanted:
             continue
         try:
-            returned = impl.function(**{name: arguments[name] for name in impl.argnames})
+            returned = call_implementation(impl, arguments)
         except FrameworkError:
             raise
         except PLUGIN_FAILURES as error:

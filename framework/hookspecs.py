@@ -12,9 +12,11 @@ Call order for one run::
     framework_configure_step        (once per fit, first non-None wins)
     framework_fit_start
     framework_step_end              (every step, only if some plugin implements it)
+    framework_metrics               (at logging steps, only if some plugin implements it)
     framework_log                   (at logging steps)
     framework_state_dict            (at every checkpoint)
     framework_exception             (only when the fit fails or is interrupted)
+    framework_result                (always, before result.json is written)
     framework_fit_end               (always, last)
 
 The ``state`` every fit hook receives is a :class:`framework.LoopState`:
@@ -175,6 +177,20 @@ def framework_step_end(state: LoopState, loss: torch.Tensor) -> None:
 
 
 @hookspec
+def framework_metrics(state: LoopState, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
+    """Add metrics to a logging step, before any ``framework_log`` sees them.
+
+    Called at every logging step, before ``framework_log``, only if some plugin implements it.
+    ``state`` is the fit's state at the end of ``step``; ``metrics`` holds what the loop measured
+    (``train/loss``, ``train/lr``, ``train/grad_norm``);
+    implementations must not mutate it. Return a dict of TensorBoard tag -> plain float (e.g.
+    ``{"val/loss": 0.12}``), or None for nothing at this ``step``. Results are merged into the
+    metrics every ``framework_log`` receives; a tag the loop or another
+    plugin already gives is refused (a :class:`framework.PluginError`).
+    """
+
+
+@hookspec
 def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> None:
     """Metrics are ready at a logging step.
 
@@ -211,6 +227,19 @@ def framework_exception(state: LoopState, error: BaseException) -> None:
     before ``framework_fit_end``. The exception is always re-raised afterwards: returning does
     not swallow it (an exception the implementation raises itself propagates instead, chained
     to the original). Results are ignored.
+    """
+
+
+@hookspec
+def framework_result(state: LoopState, result: dict[str, Any]) -> dict[str, Any] | None:
+    """Add fields to ``result.json``: e.g. ``final_val_loss``, ``optimal_loss``, ``optimality_gap``.
+
+    Called once per fit (one that failed or was interrupted too), with the final ``state``, after
+    ``framework_exception`` and before ``result.json`` is written and ``framework_fit_end`` is
+    called. ``result`` holds the fields the loop wrote; implementations must not mutate it. Return a dict of field -> plain JSON
+    value (numbers, strings, lists, None), or None. Results are merged into the result; a
+    field the loop owns (``task``, ``status``, ``steps``, ``final_loss``, ``params``,
+    ``wall_s``, ``device``, ``stop_reason``, ``error``) cannot be replaced.
     """
 
 

@@ -14,7 +14,7 @@ from framework.batches import next_batch
 from framework.checkpoints import Checkpointer
 from framework.errors import FrameworkError, NonFiniteLossError, OutputError, PluginError, TrainingError, user_message
 from framework.hook_calls import PLUGIN_FAILURES, call_every, call_hook
-from framework.outputs import finite_or_none, result_record, small_model_params, write_result
+from framework.outputs import PLUGIN_RESULT_FIELDS, finite_or_none, result_record, small_model_params, write_result
 from framework.state import BuiltRun, LoopState, Progress
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,19 @@ class StepError(TrainingError):
         )
 
 
+def with_plugin_metrics(hook, training: str, state: LoopState, step: int, metrics: dict[str, float]) -> dict[str, float]:
+    """The step's metrics and those the plugins add (``framework_metrics``); a tag given twice
+    is a plugin's mistake, refused rather than silently overwritten."""
+    combined = dict(metrics)
+    for added in call_hook(hook, "framework_metrics", training, state=state, step=step, metrics=metrics):
+        for tag, value in (added or {}).items():
+            if tag in combined:
+                raise PluginError(f"the metric {tag!r} is given twice at step {step}: by the loop or another "
+                                  f"plugin, and by a plugin's framework_metrics ({training})")
+            combined[tag] = float(value)
+    return combined
+
+
 def gradient_norm(run: BuiltRun, progress: Progress) -> float:
     """The step's gradient norm: the clip's pre-clipping norm, or computed from the gradients."""
     if progress.grad_norm is not None:
@@ -113,6 +126,7 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         # Hooks nobody implements are not called, and their arguments not computed.
         call_step_end = bool(hook.framework_step_end.get_hookimpls())
         call_log = bool(hook.framework_log.get_hookimpls())
+        call_metrics = call_log and bool(hook.framework_metrics.get_hookimpls())
         scheduler, max_steps, log_every = run.scheduler, run.max_steps, run.trainer.log_every
         checkpoint_every = (run.trainer.checkpoint_every or 0) if checkpointer is not None else 0
         watch = LossWatch(progress, 1 if run.device.type == "cpu" else min(log_every, MAX_PENDING_LOSSES))
@@ -150,6 +164,8 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
                     "train/lr": float(run.optimizer.param_groups[0]["lr"]),
                     "train/grad_norm": gradient_norm(run, progress),
                 }
+                if call_metrics:
+                    metrics = with_plugin_metrics(hook, training, state, step_number, metrics)
                 call_hook(hook, "framework_log", training, state=state, step=step_number, metrics=metrics)
             if is_checkpoint_step:
                 checkpointer.save(state)
@@ -195,15 +211,26 @@ def close_fit(state: LoopState, hook, checkpointer: Checkpointer | None, *, stat
         stop_reason=stop.reason,
         error=None if error is None or status == "interrupted" else user_message(error),
     )
+
+    def fail_late(failure: Exception) -> None:
+        # A failure after the loop (a plugin's result fields, a full disk): the run failed, unless
+        # it had already failed, in which case the first error stands and this one is logged.
+        nonlocal error
+        if error is None:
+            error = failure
+            stop.replace("error")
+            result.update(status="failed", stop_reason=stop.reason, error=user_message(failure))
+        else:
+            log.error("%s", user_message(failure))
+
+    try:
+        result.update(plugin_result_fields(hook, training, state, result))
+    except FrameworkError as caught:
+        fail_late(caught)
     try:
         save_result(run, result)
     except OutputError as caught:  # a full disk: the plugins still close what they have
-        if error is None:
-            error = caught
-            stop.replace("error")
-            result.update(status="failed", stop_reason=stop.reason, error=user_message(caught))
-        else:
-            log.error("%s", caught)
+        fail_late(caught)
     # Every plugin's fit_end runs, whatever another's did: each logger writes what it has.
     late_error = []
 
@@ -227,6 +254,20 @@ def close_fit(state: LoopState, hook, checkpointer: Checkpointer | None, *, stat
     if error is not None:
         raise error
     return result
+
+
+def plugin_result_fields(hook, training: str, state: LoopState, result: dict[str, Any]) -> dict[str, Any]:
+    """The fields plugins add to result.json (``framework_result``); the loop's own are theirs to read only."""
+    if not hook.framework_result.get_hookimpls():
+        return {}
+    fields: dict[str, Any] = {}
+    for added in call_hook(hook, "framework_result", training, state=state, result=dict(result)):
+        for name, value in (added or {}).items():
+            if name in result and name not in PLUGIN_RESULT_FIELDS or name in fields:
+                raise PluginError(f"a plugin gives the result field {name!r}, which the loop or another "
+                                  f"plugin already gives (framework_result; {training})")
+            fields[name] = finite_or_none(value) if isinstance(value, float) else value
+    return fields
 
 
 def save_result(run: BuiltRun, result: dict[str, Any]) -> None:

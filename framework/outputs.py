@@ -34,11 +34,16 @@ def finite_or_none(value: float | None) -> float | None:
     return value
 
 
+# Fields of result.json that built-in plugins fill through ``framework_result`` when they apply.
+PLUGIN_RESULT_FIELDS = ("final_val_loss", "optimal_loss", "optimality_gap")
+
+
 def result_record(
     *, task, status, steps, final_loss, params, wall_s, device, stop_reason, error=None
 ) -> dict[str, Any]:
-    """The fields of result.json, in the order design.md lists them, then ``error``: the
-    one-paragraph reason a run failed (null otherwise), which sweep summaries show."""
+    """The fields of result.json, in the order design.md lists them: ``error`` is the
+    one-paragraph reason a run failed (null otherwise), which sweep summaries show; the
+    :data:`PLUGIN_RESULT_FIELDS` are null unless a plugin gives them (``framework_result``)."""
     return {
         "task": task,
         "status": status,
@@ -49,6 +54,7 @@ def result_record(
         "device": str(device),
         "stop_reason": stop_reason,
         "error": error,
+        **dict.fromkeys(PLUGIN_RESULT_FIELDS),
     }
 
 

@@ -15,7 +15,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import run_cli
 
-RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason", "error"}
+RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason", "error",
+               "final_val_loss", "optimal_loss", "optimality_gap"}
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 

@@ -38,6 +38,17 @@ class Linear(torch.nn.Linear):
                 self.bias.copy_(initial_values(init, (out_features,), setting="model.init"))
 
 
+    def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Linear in W and b for one output: the features are W's columns, ones are b's
+        (framework.least_squares). Several outputs are several problems: not declared."""
+        if self.out_features != 1:
+            return None
+        blocks = {"weight": features}
+        if self.bias is not None:
+            blocks["bias"] = torch.ones_like(features[:, :1])
+        return blocks
+
+
 def build_linear(config: LinearConfig, *, data) -> Linear:
     columns = data.features.shape[1]
     if config.in_features is not None and config.in_features != columns:

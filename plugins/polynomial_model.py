@@ -39,6 +39,10 @@ class Polynomial(torch.nn.Module):
             y = term if y is None else y + term
         return y.expand_as(x) if y.dim() == 0 else y
 
+    def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Linear in its coefficients: each one's column is x**power (framework.least_squares)."""
+        return {name: features**power for name, power in zip(self.names, self.powers)}
+
     def extra_repr(self) -> str:
         return " + ".join(f"{n}*x**{p}" if p else n for n, p in zip(self.names, self.powers))
 

@@ -167,7 +167,7 @@ class TimeStop:
             self.request(state, elapsed)
 
     def request(self, state, elapsed: float) -> None:
-        state.progress.stop.request(f"max_time {elapsed:.4g} s >= {self.limit:g} s")
+        state.progress.stop.request(f"max_time {elapsed:.6g} s >= {self.limit:g} s")
 
     @hookimpl
     def framework_state_dict(self, state):

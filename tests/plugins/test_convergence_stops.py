@@ -14,8 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from framework import ConfigError, hookimpl
 from framework.signals import Interrupted
-from tests.framework.compare import assert_same_run, final_checkpoint
+from tests.conftest import run_cli
 from tests.framework import test_resume
+from tests.framework.compare import assert_same_run, final_checkpoint
 from tests.framework.test_resume import SignalAt
 
 ctrl_c_raises = test_resume.ctrl_c_raises  # a fixture
@@ -141,7 +142,7 @@ def test_max_time_counts_the_training_time_before_a_resume(train, tmp_path):
     # As a run resumed at its max_steps: no step is taken.
     again = train(["+task=linear", "trainer.max_time=1e-6", f"trainer.resume={tmp_path}"], run_dir=tmp_path)
     assert (again["status"], again["steps"]) == ("completed", 1)
-    assert again["stop_reason"] == f"max_time {spent:.4g} s >= 1e-06 s"
+    assert again["stop_reason"] == f"max_time {spent:.6g} s >= 1e-06 s"
     # Raised on resume, it lets the run go on.
     longer = train(["+task=linear", "trainer.max_time=1e6", f"trainer.resume={tmp_path}"], run_dir=tmp_path)
     assert (longer["steps"], longer["stop_reason"]) == (200, "max_steps")
@@ -211,3 +212,16 @@ def test_the_stop_reason_is_in_result_json_on_the_console_and_in_tensorboard(tra
     [text] = stop_reason_texts(tmp_path)
     assert text.step == step
     assert text.tensor_proto.string_val[0].decode() == f"`{reason}`"
+
+
+def test_the_command_line_prints_the_stop_reason_and_refuses_two_loss_thresholds(tmp_path):
+    completed = run_cli("+task=linear", "trainer.tol.loss=0.1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    reason = json.loads((tmp_path / "run" / "result.json").read_text())["stop_reason"]
+    assert reason.startswith("loss ") and reason.endswith(" <= 0.1")
+    assert f"({reason})" in completed.stdout + completed.stderr
+    refused = run_cli("+task=linear", "trainer.tolerance=0.1", "trainer.tol.loss=0.2",
+                      f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("error: trainer.tolerance=0.1 and trainer.tol.loss=0.2 are both set: "
+                                      "trainer.tolerance is the older name of trainer.tol.loss; set only trainer.tol.loss")

@@ -195,8 +195,8 @@ def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> Non
     """Metrics are ready at a logging step.
 
     Called at step 1, every ``trainer.log_every`` steps, at the last step and at the step where a
-    stop request ends the run (``trainer.tolerance``; not an interruption, which is resumed),
-    only if some plugin implements this hook (the metrics are not computed otherwise). ``step`` is the step number (one step = one optimizer
+    stop request ends the run (a stop rule: ``trainer.tol.*``, ``trainer.max_time``, a callback;
+    not an interruption, which is resumed), only if some plugin implements this hook (the metrics are not computed otherwise). ``step`` is the step number (one step = one optimizer
     update); ``metrics`` maps TensorBoard tags to plain floats: ``train/loss`` (the loss of that
     step's forward pass, before its update), ``train/lr`` and ``train/grad_norm``. Parameter values are read from
     ``state.run.model``.

@@ -38,7 +38,7 @@ BUILTIN_PLUGINS = (
     "csv_data",
     "console_logger",
     "tensorboard_logger",
-    "tolerance_stop",
+    "convergence_stops",
     "early_stopping",
 )
 

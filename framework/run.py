@@ -20,7 +20,7 @@ from framework.plugin_manager import PluginManager, call_each
 from framework.ranges import check_ranges
 from framework.registry import PER_FIT_KINDS, Registry
 from framework.resume import resume_command, resume_from, warm_start
-from framework.schema import TrainerConfig, unknown_keys
+from framework.schema import TrainerConfig, loss_tolerance, unknown_keys
 from framework.signals import Interrupted, stop_on_signals
 
 log = logging.getLogger("framework")
@@ -32,6 +32,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
     if trainer.resume is not None and trainer.init_from is not None:
         raise ConfigError("trainer.resume and trainer.init_from are both set; resume goes on from a "
                           "checkpoint, init_from starts a new run from weights: choose one")
+    loss_tolerance(trainer)  # trainer.tolerance and trainer.tol.loss may not disagree
 
 
 def run_hydra_job(cfg: DictConfig, *, manager: PluginManager, registry: Registry) -> dict[str, Any]:

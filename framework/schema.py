@@ -25,6 +25,22 @@ DTYPES = ("float32", "float64")
 
 
 @dataclass
+class TolConfig:
+    """``trainer.tol.*``: convergence stops, scipy's names (plugins/convergence_stops.py).
+
+    Each is off when null; the first one met ends the run after that step.
+    """
+
+    # any number: a loss function may be negative (a log-likelihood)
+    loss: Optional[float] = setting(None)  # stop once the step's loss is at or below this
+    # stop once |f_old - f| / max(|f_old|, |f|, 1) < this, f_old the loss `window` steps earlier
+    rel_loss: Optional[float] = setting(None, gt=0)
+    window: int = setting(10, ge=1)  # steps between the two losses rel_loss compares
+    grad_norm: Optional[float] = setting(None, gt=0)  # stop once the step's gradient norm is below this
+    step: Optional[float] = setting(None, gt=0)  # stop once no parameter element moved by this much
+
+
+@dataclass
 class TrainerConfig:
     """``trainer.*``: how the loop runs, whatever the components."""
 
@@ -37,13 +53,25 @@ class TrainerConfig:
     log_every: int = setting(10, ge=1)  # log metrics at step 1, every N steps and at the last step
     grad_clip: Optional[float] = setting(None, gt=0)  # clip the gradient norm to this value
     freeze: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names
-    tolerance: Optional[float] = setting(None, ge=0)  # stop once the step's loss is at or below this
+    tolerance: Optional[float] = setting(None, ge=0)  # the older name of tol.loss
+    tol: TolConfig = field(default_factory=TolConfig)
+    # stop after this many seconds of training, counted over resumes
+    max_time: Optional[float] = setting(None, gt=0)
     param_log_limit: int = setting(4096, ge=0)  # log values of models with at most this many numbers
     # also save a checkpoint every N steps (always at the end)
     checkpoint_every: Optional[int] = setting(None, ge=1)
     keep_checkpoints: Optional[int] = setting(3, ge=1)  # newest checkpoints kept; null: all
     resume: Optional[str] = None  # a checkpoint file, or a run folder (its latest checkpoint)
     init_from: Optional[str] = None  # model weights only: a run folder, checkpoint or .safetensors
+
+
+def loss_tolerance(trainer: TrainerConfig) -> float | None:
+    """``trainer.tol.loss``, or its older name ``trainer.tolerance``; both set differently is refused."""
+    tol, alias = trainer.tol.loss, trainer.tolerance
+    if tol is not None and alias is not None and tol != alias:
+        raise ConfigError(f"trainer.tolerance={alias!r} and trainer.tol.loss={tol!r} are both set: "
+                          "trainer.tolerance is the older name of trainer.tol.loss; set only trainer.tol.loss")
+    return alias if tol is None else tol
 
 
 @dataclass

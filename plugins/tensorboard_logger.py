@@ -1,6 +1,7 @@
 """The ``tensorboard`` logger: train/loss, train/lr, train/grad_norm, params/<name>, figures,
-a custom-scalars layout and the run's hparams, written into the run folder itself (the run
-folder is the TensorBoard run, so a sweep's jobs sit side by side under the sweep folder)."""
+a custom-scalars layout, the run's hparams and its stop reason (Text tab), written into the run
+folder itself (the run folder is the TensorBoard run, so a sweep's jobs sit side by side under
+the sweep folder)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ LAYOUT = {
     "parameters": {"values": ["Multiline", [r"params/.*"]]},
 }
 SCALAR_TYPES = (bool, int, float, str)
+STOP_REASON_TAG = "result/stop_reason"  # result.json's stop_reason, as text (code-formatted)
 
 
 @dataclass
@@ -185,6 +187,10 @@ class TensorBoardLogger:
                 image = loss_figure(list(steps), list(losses), f"{state.run.task or 'run'}: {result['status']}")
                 self.writer.add_image("fit/loss", image, result["steps"], dataformats="HWC")
             self._write_hparams(state, result)
+            if result["status"] != "interrupted" and result["stop_reason"]:
+                # The Text tab, at the last step: why the run ended (the resumed run that ends an
+                # interrupted one writes it, as it writes the HParams session's end).
+                self.writer.add_text(STOP_REASON_TAG, f"`{result['stop_reason']}`", result["steps"])
         finally:
             self.writer.close()  # flushes: points logged before a failure are kept
 

@@ -133,7 +133,7 @@ def test_tolerance_stops_at_the_first_step_at_or_below_it(train):
         optimizer.step()
         if loss.item() <= 0.01:
             break
-    assert result["stop_reason"] == "tolerance"
+    assert result["stop_reason"] == f"loss {loss.item():.3g} <= 0.01"
     assert result["steps"] == step < 2000
 
 

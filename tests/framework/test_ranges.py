@@ -17,7 +17,7 @@ from framework import Component, ConfigError, Range, hookimpl, setting, undeclar
 from framework.plugin_manager import build_registry
 from framework.registry import PER_FIT_KINDS
 from framework.ranges import check_ranges, is_numeric, range_errors, range_of
-from framework.schema import DataConfig, TrainerConfig, null_group_overrides, store_configs
+from framework.schema import DataConfig, TolConfig, TrainerConfig, null_group_overrides, store_configs
 
 
 def test_a_range_admits_what_its_bounds_say():
@@ -64,10 +64,24 @@ def test_undeclared_ranges_finds_every_number_but_bool():
     assert undeclared_ranges(Mixed) == ["count", "rate", "items"]
 
 
+def with_nested(prefix: str, config: type):
+    """(prefix, config), then the same for every field that is itself a dataclass (trainer.tol)."""
+    yield prefix, config
+    for f in dataclasses.fields(config):
+        nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            yield from with_nested(f"{prefix}.{f.name}", nested)
+
+
 def builtin_configs(registry) -> dict[str, type]:
-    configs = {"trainer": TrainerConfig, "data (every data component)": DataConfig}
+    configs = dict(with_nested("trainer", TrainerConfig))
+    configs["data (every data component)"] = DataConfig
     configs.update({f"{c.kind} {c.name}": c.config for c in registry})
     return configs
+
+
+def test_nested_trainer_settings_are_covered(registry):
+    assert builtin_configs(registry)["trainer.tol"] is TolConfig
 
 
 def test_every_numeric_setting_declares_a_range(registry):
@@ -92,7 +106,8 @@ def outside(declared: Range, integer: bool):
 def numeric_settings(registry):
     """(overrides choosing the component, dotted key, range, is an int, is a list) for every
     setting of the built-ins that declares a range."""
-    sources = [(["data=polynomial"], "trainer", TrainerConfig), (["data=polynomial"], "data", DataConfig)]
+    sources = [(["data=polynomial"], prefix, config) for prefix, config in with_nested("trainer", TrainerConfig)]
+    sources.append((["data=polynomial"], "data", DataConfig))
     for component in registry:
         if component.kind in PER_FIT_KINDS:
             sources.append(([f"{component.kind}=[{component.name}]"], f"{component.kind}.{component.name}",
@@ -133,6 +148,9 @@ REFUSED = [
     ("trainer.grad_clip=0", "trainer.grad_clip=0.0 is out of range: it must be > 0 (or null)"),
     ("trainer.tolerance=-1", "trainer.tolerance=-1.0 is out of range: it must be >= 0 (or null)"),
     ("trainer.tolerance=nan", "trainer.tolerance=nan is out of range: it must be >= 0 (or null)"),
+    ("trainer.tol.grad_norm=0", "trainer.tol.grad_norm=0.0 is out of range: it must be > 0 (or null)"),
+    ("trainer.tol.window=0", "trainer.tol.window=0 is out of range: it must be >= 1"),
+    ("trainer.max_time=-1", "trainer.max_time=-1.0 is out of range: it must be > 0 (or null)"),
     ("logger.tensorboard.figure_every=-5",
      "logger.tensorboard.figure_every=-5 is out of range: it must be >= 1 (or null)"),
     ("logger.console.lines=-1", "logger.console.lines=-1 is out of range: it must be >= 0"),

@@ -97,6 +97,6 @@ def test_tolerance_adds_its_plugin_only_when_set(train, manager):
     train(["+task=linear", "trainer.max_steps=2"])
     assert seen["step_end"] == []  # off: no hook call per step
     train(["+task=linear", "trainer.max_steps=2", "trainer.tolerance=1e-9"])
-    assert seen["step_end"] == ["tolerance_stop.ToleranceStop"]
+    assert seen["step_end"] == ["convergence_stops.LossStop"]
     # ... and only for that fit
     assert manager.hook.framework_step_end.get_hookimpls() == []

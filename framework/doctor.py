@@ -43,7 +43,9 @@ SCALE_RATIO_REPORTED = 10.0
 # Up to this many trainable numbers the local Hessian is built whole, one Hessian-vector product
 # per parameter (exact at that point, and no random start); above it, power iteration.
 WHOLE_HESSIAN_UP_TO = 32
-POWER_ITERATIONS = 50
+# Each iteration costs about two backward passes over the full data; unconverged, the Rayleigh
+# quotient is below L (a bound too lenient, never a false alarm), and the report says so.
+POWER_ITERATIONS = 20
 POWER_TOLERANCE = 1e-6  # relative change of the Rayleigh quotient between iterations
 POWER_SEED = 0  # the start vector's own generator: the run's random streams stay untouched
 
@@ -94,6 +96,7 @@ class Diagnosis:
     scale_ratio: float | None = None  # largest over smallest nonzero column RMS
     largest_eigenvalue: float | None = None  # L, of the loss's Hessian
     curvature: str | None = None  # "exact" (least squares) or "local" (at the initial parameters)
+    converged: bool = True  # False: power iteration stopped short, L may be larger
     step_rule: StepRule | None = None  # None: not SGD, no bound applies
     lr_bound: float | None = None
     lines: list[str] = field(default_factory=list)
@@ -162,8 +165,9 @@ class CurvatureUnavailable(Exception):
     """The loss's Hessian-vector products cannot be computed (e.g. a Function with no double backward)."""
 
 
-def local_largest_eigenvalue(run: BuiltRun, *, whole_up_to: int = WHOLE_HESSIAN_UP_TO) -> float:
-    """L at the current parameters, from Hessian-vector products of the full-data loss.
+def local_largest_eigenvalue(run: BuiltRun, *, whole_up_to: int = WHOLE_HESSIAN_UP_TO) -> tuple[float, bool]:
+    """(L at the current parameters, whether it converged), from Hessian-vector products of the
+    full-data loss: the whole Hessian up to ``whole_up_to`` parameters, else power iteration.
 
     Double backward (reverse over reverse) rather than torch.func: it works through any custom
     ``autograd.Function`` whose backward is made of differentiable operations, as the built-in
@@ -200,14 +204,16 @@ def local_largest_eigenvalue(run: BuiltRun, *, whole_up_to: int = WHOLE_HESSIAN_
         identity = torch.eye(count, dtype=gradient.dtype, device=gradient.device)
         hessian = torch.stack([hessian_times(identity[i]) for i in range(count)]).to("cpu", torch.float64)
         values, vectors = torch.linalg.eigh((hessian + hessian.T) / 2)
-        largest, direction = float(values[-1]), vectors[:, -1].to(gradient.device, gradient.dtype)
+        largest, direction, converged = float(values[-1]), vectors[:, -1].to(gradient.device, gradient.dtype), True
     else:
-        largest, direction = power_iteration(hessian_times, count, gradient)
+        largest, direction, converged = power_iteration(hessian_times, count, gradient)
         if largest < 0:  # the largest in magnitude is negative: shifted by it, the largest dominates
-            shifted, direction = power_iteration(lambda v: hessian_times(v) - largest * v, count, gradient)
+            shifted, direction, converged = power_iteration(lambda v: hessian_times(v) - largest * v, count,
+                                                            gradient)
             largest += shifted
-    check_second_derivatives(loss_at_parameters, parameters, direction, largest)
-    return largest
+    # The same quantity both ways: the curvature along the direction found.
+    check_second_derivatives(loss_at_parameters, parameters, direction, float(direction @ hessian_times(direction)))
+    return largest, converged
 
 
 def flat_gradient(loss: torch.Tensor, parameters: list[torch.nn.Parameter], *, create_graph: bool = False) -> torch.Tensor:
@@ -256,8 +262,8 @@ def check_second_derivatives(loss_at_parameters, parameters: list[torch.nn.Param
             "(dropout)?")
 
 
-def power_iteration(multiply, count: int, like: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(dominant eigenvalue, its unit eigenvector) of a symmetric operator, from a fixed start."""
+def power_iteration(multiply, count: int, like: torch.Tensor) -> tuple[float, torch.Tensor, bool]:
+    """(dominant eigenvalue, its unit eigenvector, converged) of a symmetric operator, from a fixed start."""
     generator = torch.Generator().manual_seed(POWER_SEED)
     vector = torch.randn(count, generator=generator, dtype=torch.float64).to(like.device, like.dtype)
     vector = vector / vector.norm()
@@ -267,11 +273,11 @@ def power_iteration(multiply, count: int, like: torch.Tensor) -> tuple[float, to
         previous, estimate = estimate, float(vector @ product)  # Rayleigh quotient
         norm = product.norm()
         if norm == 0:
-            return 0.0, vector
+            return 0.0, vector, True
         vector = product / norm
         if abs(estimate - previous) <= POWER_TOLERANCE * abs(estimate):
-            break
-    return estimate, vector
+            return estimate, vector, True
+    return estimate, vector, False
 
 
 def first_line(error: BaseException) -> str:
@@ -335,7 +341,7 @@ def _diagnose(run: BuiltRun, whole_hessian_up_to: int) -> Diagnosis:
                                f"({REMEDY_STANDARDIZE} scales them)")
     elif found.step_rule is not None:  # only SGD needs L; others are spared the Hessian products
         try:
-            found.largest_eigenvalue = local_largest_eigenvalue(run, whole_up_to=whole_hessian_up_to)
+            found.largest_eigenvalue, found.converged = local_largest_eigenvalue(run, whole_up_to=whole_hessian_up_to)
             found.curvature = "local"
         except CurvatureUnavailable as error:
             cannot = str(error)
@@ -362,6 +368,8 @@ def _diagnose(run: BuiltRun, whole_hessian_up_to: int) -> Diagnosis:
         found.lr_bound = None
         return found
     where = "exact" if found.curvature == "exact" else "local estimate at the initial parameters"
+    if not found.converged:
+        where += f"; power iteration unconverged after {POWER_ITERATIONS} steps, L may be larger"
     per_batch = bound_applies_per_batch(run)
     batch_note = "" if per_batch else " (full batch; a sum over minibatches curves less)"
     if found.lr_exceeds_bound and per_batch:  # the warning says it all, with the remedies

@@ -122,8 +122,17 @@ def test_sine_cubic_local_estimate_is_the_exact_hessians_largest_eigenvalue(dtyp
 @pytest.mark.parametrize("whole_up_to", [32, 0], ids=["whole-hessian", "power-iteration"])
 def test_hessian_vector_products_find_the_least_squares_L(whole_up_to, built):
     run = built(["+task=sine", "trainer.dtype=float64"])
-    assert local_largest_eigenvalue(run, whole_up_to=whole_up_to) == pytest.approx(
-        diagnose(run).largest_eigenvalue, rel=1e-6)
+    largest, converged = local_largest_eigenvalue(run, whole_up_to=whole_up_to)
+    assert converged and largest == pytest.approx(diagnose(run).largest_eigenvalue, rel=1e-6)
+
+
+def test_an_unconverged_power_iteration_says_that_L_may_be_larger(built, monkeypatch):
+    import framework.doctor
+
+    monkeypatch.setattr(framework.doctor, "POWER_ITERATIONS", 1)
+    diagnosis = diagnose(built(["+task=legendre"]), whole_hessian_up_to=0)
+    assert not diagnosis.converged
+    assert any("power iteration unconverged after 1 steps, L may be larger" in line for line in diagnosis.lines)
 
 
 # --------------------------------------------------------------------------------------------

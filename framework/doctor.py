@@ -316,77 +316,81 @@ def diagnose(run: BuiltRun, *, whole_hessian_up_to: int = WHOLE_HESSIAN_UP_TO) -
 def _diagnose(run: BuiltRun, whole_hessian_up_to: int) -> Diagnosis:
     found = Diagnosis(step_rule=step_rule(run.optimizer))
     problem = run_problem(run)
-    loss_name = run.components.get("loss", "the loss")
+    model_name, loss_name = run.components.get("model", "?"), run.components.get("loss", "?")
     optimizer_name = run.components.get("optimizer", type(run.optimizer).__name__.lower())
-    cannot = None
     if problem is not None:
-        found.least_squares = True
-        found.condition_number = problem.condition_number()
-        found.feature_scales = column_scales(problem)
-        nonzero = [scale for scale in found.feature_scales.values() if scale > 0]
-        if nonzero:
-            found.scale_ratio = max(nonzero) / min(nonzero)
-        found.largest_eigenvalue, found.curvature = problem.largest_hessian_eigenvalue(), "exact"
-        rows, columns = problem.design.shape
-        # SGD's speed depends on the Hessian's condition number, the design matrix's squared.
-        condition = ("inf (rank deficient: the optimum is not unique)" if math.isinf(found.condition_number)
-                     else f"{found.condition_number:.3g} (the Hessian's: {found.condition_number ** 2:.3g})")
-        found.lines.append(f"doctor: least squares ({loss_name}), {columns} parameters on {rows} rows: "
-                           f"design-matrix condition number {condition}")
-        if found.scale_ratio is not None and found.scale_ratio >= SCALE_RATIO_REPORTED:
-            ordered = sorted(found.feature_scales.items(), key=lambda item: -item[1])
-            (large, large_rms), (small, small_rms) = ordered[0], [i for i in ordered if i[1] > 0][-1]
-            found.lines.append(f"doctor: feature scales differ by {found.scale_ratio:.3g}×: column RMS "
-                               f"{large} {large_rms:.3g}, {small} {small_rms:.3g} "
-                               f"({REMEDY_STANDARDIZE} scales them)")
-    elif found.step_rule is not None:  # only SGD needs L; others are spared the Hessian products
-        try:
-            found.largest_eigenvalue, found.converged = local_largest_eigenvalue(run, whole_up_to=whole_hessian_up_to)
-            found.curvature = "local"
-        except CurvatureUnavailable as error:
-            cannot = str(error)
-        found.lines.append(f"doctor: not a least-squares problem (model {run.components.get('model', '?')}, "
-                           f"loss {loss_name}): L is estimated at the initial parameters")
-    else:
-        found.lines.append(f"doctor: not a least-squares problem (model {run.components.get('model', '?')}, "
-                           f"loss {loss_name}): nothing to check for {optimizer_name}")
-
-    rule = found.step_rule
-    if rule is None:
-        if problem is not None:
+        describe_least_squares(found, problem, loss_name)
+        if found.step_rule is None:
             found.lines.append(f"doctor: no learning-rate bound for {optimizer_name} "
                                "(it picks its own step sizes; the 2/L bound is SGD's)")
+            return found
+    elif found.step_rule is None:  # only SGD needs L: the others are spared the Hessian products
+        found.lines.append(f"doctor: not a least-squares problem (model {model_name}, loss {loss_name}): "
+                           f"nothing to check for {optimizer_name}")
         return found
-    if cannot is not None:
-        found.lines.append(f"doctor: cannot estimate L for {rule.name}, so no learning-rate bound: {cannot}")
-        return found
-    L = found.largest_eigenvalue
-    found.lr_bound = rule.bound(L)
-    if math.isinf(found.lr_bound):
-        found.lines.append(f"doctor: the loss has no positive curvature{' here' if found.curvature == 'local' else ''} "
-                           f"(L = {L:.3g}): no learning-rate bound for {rule.name}")
-        found.lr_bound = None
-        return found
-    where = "exact" if found.curvature == "exact" else "local estimate at the initial parameters"
-    if not found.converged:
-        where += f"; power iteration unconverged after {POWER_ITERATIONS} steps, L may be larger"
-    per_batch = bound_applies_per_batch(run)
-    batch_note = "" if per_batch else " (full batch; a sum over minibatches curves less)"
-    if found.lr_exceeds_bound and per_batch:  # the warning says it all, with the remedies
-        exact = found.curvature == "exact"
-        found.warnings.append(
-            f"doctor: optimizer.lr = {rule.lr:.3g} exceeds the stable bound for {rule.name}, {rule.formula} = "
-            f"{found.lr_bound:.3g} (L = {L:.3g}, the largest eigenvalue of the loss's Hessian"
-            f"{'' if exact else ' at the initial parameters'}): "
-            f"{'the run will diverge' if exact else 'the run is likely to diverge'}. "
-            f"Use {remedies(run, found.lr_bound)}."
-        )
-        return found
-    verdict = "exceeds it" if found.lr_exceeds_bound else "is within it"
-    found.lines.append(f"doctor: {rule.name} is stable for lr < {rule.formula} = {found.lr_bound:.3g}{batch_note} "
-                       f"(L = {L:.3g}, {where}); optimizer.lr = {rule.lr:.3g} {verdict}")
+    else:
+        found.lines.append(f"doctor: not a least-squares problem (model {model_name}, loss {loss_name}): "
+                           "L is estimated at the initial parameters")
+        try:
+            found.largest_eigenvalue, found.converged = local_largest_eigenvalue(run, whole_up_to=whole_hessian_up_to)
+        except CurvatureUnavailable as error:
+            found.lines.append(f"doctor: cannot estimate L for {found.step_rule.name}, so no learning-rate bound: "
+                               f"{error}")
+            return found
+        found.curvature = "local"
+    check_rate(found, run)
     return found
 
+
+def describe_least_squares(found: Diagnosis, problem: LeastSquares, loss_name: str) -> None:
+    """The exact L, the condition number and the feature scales of a least-squares problem."""
+    found.least_squares = True
+    found.condition_number = problem.condition_number()
+    found.feature_scales = column_scales(problem)
+    found.largest_eigenvalue, found.curvature = problem.largest_hessian_eigenvalue(), "exact"
+    rows, columns = problem.design.shape
+    # SGD's speed depends on the Hessian's condition number, the design matrix's squared.
+    condition = ("inf (rank deficient: the optimum is not unique)" if math.isinf(found.condition_number)
+                 else f"{found.condition_number:.3g} (the Hessian's: {found.condition_number ** 2:.3g})")
+    found.lines.append(f"doctor: least squares ({loss_name}), {columns} parameters on {rows} rows: "
+                       f"design-matrix condition number {condition}")
+    scaled = sorted(((rms, label) for label, rms in found.feature_scales.items() if rms > 0), reverse=True)
+    if not scaled:
+        return
+    (large_rms, large), (small_rms, small) = scaled[0], scaled[-1]
+    found.scale_ratio = large_rms / small_rms
+    if found.scale_ratio >= SCALE_RATIO_REPORTED:
+        found.lines.append(f"doctor: feature scales differ by {found.scale_ratio:.3g}×: column RMS "
+                           f"{large} {large_rms:.3g}, {small} {small_rms:.3g} ({REMEDY_STANDARDIZE} scales them)")
+
+
+def check_rate(found: Diagnosis, run: BuiltRun) -> None:
+    """SGD's bound from L, against optimizer.lr: a line when within it, a warning when above."""
+    rule, L = found.step_rule, found.largest_eigenvalue
+    bound = rule.bound(L)
+    if math.isinf(bound):
+        here = " here" if found.curvature == "local" else ""
+        found.lines.append(f"doctor: the loss has no positive curvature{here} (L = {L:.3g}): "
+                           f"no learning-rate bound for {rule.name}")
+        return
+    found.lr_bound = bound
+    exact = found.curvature == "exact"
+    per_batch = bound_applies_per_batch(run)
+    if found.lr_exceeds_bound and per_batch:  # the warning says it all, with the remedies
+        found.warnings.append(
+            f"doctor: optimizer.lr = {rule.lr:.3g} exceeds the stable bound for {rule.name}, {rule.formula} = "
+            f"{bound:.3g} (L = {L:.3g}, the largest eigenvalue of the loss's Hessian"
+            f"{'' if exact else ' at the initial parameters'}): "
+            f"{'the run will diverge' if exact else 'the run is likely to diverge'}. Use {remedies(run, bound)}."
+        )
+        return
+    where = "exact" if exact else "local estimate at the initial parameters"
+    if not found.converged:
+        where += f"; power iteration unconverged after {POWER_ITERATIONS} steps, L may be larger"
+    batch_note = "" if per_batch else " (full batch; a sum over minibatches curves less)"
+    verdict = "exceeds it" if found.lr_exceeds_bound else "is within it"
+    found.lines.append(f"doctor: {rule.name} is stable for lr < {rule.formula} = {bound:.3g}{batch_note} "
+                       f"(L = {L:.3g}, {where}); optimizer.lr = {rule.lr:.3g} {verdict}")
 
 if __name__ == "__main__":  # python -m framework.doctor +task=NAME ...
     import sys

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS = (
     "tensorboard_logger",
     "convergence_stops",
     "early_stopping",
+    "doctor",
 )
 
 

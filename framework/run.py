@@ -35,6 +35,25 @@ def check_trainer(trainer: TrainerConfig) -> None:
     loss_tolerance(trainer)  # trainer.tolerance and trainer.tol.loss may not disagree
 
 
+def checked_trainer(cfg: DictConfig) -> TrainerConfig:
+    """Refuse a config with missing values, unknown keys, numbers out of range or settings that
+    exclude each other, before any work; return its ``trainer.*`` settings."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"no value for {', '.join(missing)}; set it on the command line "
+            f"(e.g. {missing[0]}=VALUE) or pick a preset with +task=NAME"
+        )
+    unknown = unknown_keys(cfg)
+    if unknown:
+        key, settings = unknown[0]
+        raise ConfigError(f"{key} is not a setting; the settings there are: {', '.join(settings)}")
+    check_ranges(cfg)
+    trainer = OmegaConf.to_object(cfg.trainer)
+    check_trainer(trainer)
+    return trainer
+
+
 def run_hydra_job(cfg: DictConfig, *, manager: PluginManager, registry: Registry) -> dict[str, Any]:
     """:func:`run_training` for the Hydra job being run: its folder, task choice and overrides."""
     from hydra.core.hydra_config import HydraConfig
@@ -60,19 +79,7 @@ def run_training(
     registered = []
     try:
         try:
-            missing = sorted(OmegaConf.missing_keys(cfg))
-            if missing:
-                raise ConfigError(
-                    f"no value for {', '.join(missing)}; set it on the command line "
-                    f"(e.g. {missing[0]}=VALUE) or pick a preset with +task=NAME"
-                )
-            unknown = unknown_keys(cfg)
-            if unknown:
-                key, settings = unknown[0]
-                raise ConfigError(f"{key} is not a setting; the settings there are: {', '.join(settings)}")
-            check_ranges(cfg)
-            trainer = OmegaConf.to_object(cfg.trainer)
-            check_trainer(trainer)
+            trainer = checked_trainer(cfg)
             device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
             seed_everything(trainer.seed)
             state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)

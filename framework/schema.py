@@ -63,6 +63,8 @@ class TrainerConfig:
     keep_checkpoints: Optional[int] = setting(3, ge=1)  # newest checkpoints kept; null: all
     resume: Optional[str] = None  # a checkpoint file, or a run folder (its latest checkpoint)
     init_from: Optional[str] = None  # model weights only: a run folder, checkpoint or .safetensors
+    # before the first step, report the problem's conditioning and warn when SGD's rate exceeds 2/L
+    doctor: bool = True
 
 
 def loss_tolerance(trainer: TrainerConfig) -> float | None:

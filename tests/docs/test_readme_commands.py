@@ -396,6 +396,19 @@ def check_warm_start(ran: Ran) -> None:
     assert near(polyfit_params(result), [1, 2, 3], 1e-3), result["params"]
 
 
+def check_doctor(ran: Ran) -> None:
+    """The report alone, no run folder: the sine task's 2/L ≈ 3.56e-06 (numpy's, from the singular
+    values of its design matrix [1, x, x², x³]) and a warning that optimizer.lr=1e-4 exceeds it."""
+    succeeded(ran)
+    assert ran.files == set()
+    x = np.linspace(-math.pi, math.pi, 2000)
+    bound = 1 / np.linalg.svd(np.stack([x**0, x, x**2, x**3], axis=1), compute_uv=False)[0] ** 2
+    (claimed,) = readme_claim(r"2/L ≈ ([\d.]+e-\d+)")
+    assert f"{bound:.3g}" == f"{claimed:.3g}"
+    assert (f"warning: doctor: optimizer.lr = 0.0001 exceeds the stable bound for plain SGD, 2/L = {bound:.3g}"
+            in ran.completed.stdout)
+
+
 GRID_SWEEP = "python -m framework -m +task=polyfit optimizer=adam,nadam,rmsprop optimizer.lr=0.01,0.1"
 OPTUNA_SWEEP = ("python -m framework -m hydra/sweeper=optuna hydra.sweeper.n_trials=10 +task=polyfit "
                 "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
@@ -414,6 +427,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     OWN_CSV: check_own_csv,
     "python -m framework --help": check_help,
     "python -m framework model=linear --help": check_model_help,
+    "python -m framework.doctor +task=sine optimizer.lr=1e-4": check_doctor,
     GRID_SWEEP: check_grid_sweep,
     "python -m framework -m hydra/launcher=joblib hydra.launcher.n_jobs=2 +task=polyfit optimizer=adam,nadam":
         check_joblib_sweep,

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS = (
     "tensorboard_logger",
     "tolerance_stop",
     "early_stopping",
+    "validation",
 )
 
 

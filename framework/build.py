@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from framework.data import Dataset, prepare_dataset
+from framework.data import Dataset, prepare_dataset, split_off_validation
 from framework.devices import default_dtype
 from framework.errors import ConfigError, FrameworkError, PluginError
 from framework.registry import Component, Registry
@@ -118,6 +118,16 @@ def resolve_max_steps(trainer: TrainerConfig, per_epoch: int) -> tuple[int, str]
     return min(limits)
 
 
+def check_val_every(trainer: TrainerConfig, data: Dataset) -> None:
+    """``trainer.val_every`` without a validation set would do nothing; say so instead."""
+    if trainer.val_every is not None and data.validation is None:
+        raise ConfigError(
+            f"trainer.val_every={trainer.val_every} sets how often val/loss is logged, but this run has no "
+            "validation set; hold out rows with data.val_fraction=FRACTION (e.g. 0.2), or use a data "
+            "component that gives its own validation set"
+        )
+
+
 def build_state(
     cfg: DictConfig,
     registry: Registry,
@@ -133,6 +143,8 @@ def build_state(
     data_component, data_config = component_config(cfg.data, "data", registry)
     batch_size = getattr(data_config, "batch_size", None)
     data = prepare_dataset(call_factory(data_component, data_config, dtype=dtype), dtype=dtype, device=device)
+    data = split_off_validation(data, getattr(data_config, "val_fraction", None), seed=trainer.seed)
+    check_val_every(trainer, data)
     per_epoch = steps_per_epoch(len(data), batch_size)
     max_steps, limit_reason = resolve_max_steps(trainer, per_epoch)
 

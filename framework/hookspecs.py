@@ -79,7 +79,8 @@ def framework_components() -> list[Component]:
     Results are collected from every plugin. Two components with the same kind and name are an
     error that names both providers. Factories are called as follows (keyword arguments):
 
-    - data: ``factory(config, dtype=torch.dtype)`` returns :class:`framework.Dataset`.
+    - data: ``factory(config, dtype=torch.dtype)`` returns :class:`framework.Dataset`, optionally
+      with its own held-out ``validation`` Dataset (then ``data.val_fraction`` must stay null).
     - model: ``factory(config, data=Dataset)`` returns a ``torch.nn.Module`` whose
       ``forward(features)`` gives predictions shaped like ``data.targets``. Build it from the
       data's shapes only: ``framework.load_run`` rebuilds a trained model with a Dataset of
@@ -194,11 +195,14 @@ def framework_metrics(state: LoopState, step: int, metrics: dict[str, float]) ->
 def framework_log(state: LoopState, step: int, metrics: dict[str, float]) -> None:
     """Metrics are ready at a logging step.
 
-    Called at step 1, every ``trainer.log_every`` steps, at the last step and at the step where a
-    stop request ends the run (a stop rule: ``trainer.tol.*``, ``trainer.max_time``, a callback;
-    not an interruption, which is resumed), only if some plugin implements this hook (the metrics are not computed otherwise). ``step`` is the step number (one step = one optimizer
+    Called at step 1, every ``trainer.log_every`` steps, every ``trainer.val_every`` steps (when
+    it is set), at the last step and at the step where a stop request ends the run (a stop rule:
+    ``trainer.tol.*``, ``trainer.max_time``, a callback; not an interruption, which is resumed),
+    only if some plugin implements this hook (the metrics are not computed otherwise). ``step``
+    is the step number (one step = one optimizer
     update); ``metrics`` maps TensorBoard tags to plain floats: ``train/loss`` (the loss of that
-    step's forward pass, before its update), ``train/lr`` and ``train/grad_norm``. Parameter values are read from
+    step's forward pass, before its update), ``train/lr`` and ``train/grad_norm``, and what
+    plugins add through ``framework_metrics`` (``val/loss`` at validation steps). Parameter values are read from
     ``state.run.model``.
     Implementations must not mutate ``metrics``. Results are ignored.
     """

@@ -129,6 +129,8 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         call_metrics = call_log and bool(hook.framework_metrics.get_hookimpls())
         scheduler, max_steps, log_every = run.scheduler, run.max_steps, run.trainer.log_every
         checkpoint_every = (run.trainer.checkpoint_every or 0) if checkpointer is not None else 0
+        # Validation steps (plugins/validation.py) are logging steps too, whatever log_every is.
+        val_every = run.trainer.val_every or 0
         watch = LossWatch(progress, 1 if run.device.type == "cpu" else min(log_every, MAX_PENDING_LOSSES))
         call_hook(hook, "framework_fit_start", training, state=state)
 
@@ -153,7 +155,8 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
             # an interruption does not, so a resumed run's curve equals an uninterrupted one.
             step_number = progress.step
             is_log_step = (step_number % log_every == 0 or step_number == 1 or step_number == max_steps
-                           or (stop.reason is not None and not stop.interrupted))
+                           or (stop.reason is not None and not stop.interrupted)
+                           or (val_every and step_number % val_every == 0))
             is_checkpoint_step = checkpoint_every and step_number % checkpoint_every == 0
             if not (is_log_step or is_checkpoint_step or watch.due()):
                 continue

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = (
     "convergence_stops",
     "early_stopping",
     "doctor",
+    "validation",
 )
 
 

@@ -63,6 +63,9 @@ class TrainerConfig:
     keep_checkpoints: Optional[int] = setting(3, ge=1)  # newest checkpoints kept; null: all
     resume: Optional[str] = None  # a checkpoint file, or a run folder (its latest checkpoint)
     init_from: Optional[str] = None  # model weights only: a run folder, checkpoint or .safetensors
+    # log val/loss at step 1, every N steps and at the last step (each such step is a logging
+    # step); null: at every logging step. Needs a validation set (data.val_fraction).
+    val_every: Optional[int] = setting(None, ge=1)
     # before the first step, report the problem's conditioning and warn when SGD's rate exceeds 2/L
     doctor: bool = True
 
@@ -82,6 +85,9 @@ class DataConfig:
 
     batch_size: Optional[int] = setting(None, ge=1)  # rows per step; null: the full batch every step
     shuffle: bool = False  # draw minibatches in a new random order every epoch
+    # hold out this fraction of the rows (rounded up) as a validation set, chosen at random
+    # from trainer.seed; null or 0: no split (framework/data.py: split_off_validation)
+    val_fraction: Optional[float] = setting(None, ge=0, lt=1)
 
 
 @dataclass

@@ -29,6 +29,8 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 INTERRUPTED_MARK = ".interrupted"  # in a sweep folder: the signal that stopped the sweep
 SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
+# result.json fields a summary shows, after final_loss, only when some job has a value.
+OPTIONAL_COLUMNS = ("final_val_loss",)
 
 
 def exclude_fixed_overrides(args: list[str]) -> list[str]:
@@ -109,6 +111,7 @@ def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, A
             "device": result.get("device"),
             "overrides": " ".join(overrides),
             "error": result.get("error") or "",
+            **{column: result.get(column) for column in OPTIONAL_COLUMNS},
         })
     rows.sort(key=lambda row: (row["final_loss"] is None, row["final_loss"] if row["final_loss"] is not None else 0))
     return rows
@@ -122,8 +125,15 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def with_optional_columns(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """``columns`` with the :data:`OPTIONAL_COLUMNS` some row has a value for, after final_loss."""
+    shown = tuple(column for column in OPTIONAL_COLUMNS if any(row.get(column) is not None for row in rows))
+    at = columns.index("final_loss") + 1
+    return columns[:at] + shown + columns[at:]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    columns = ("rank", "job", "final_loss", "steps", "wall_s", "stop_reason", "status")
+    columns = with_optional_columns(("rank", "job", "final_loss", "steps", "wall_s", "stop_reason", "status"), rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for rank, row in enumerate(rows, 1):
         lines.append("| " + " | ".join(_cell(rank if c == "rank" else row[c]) for c in columns) + " |")
@@ -135,11 +145,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     """Write summary.csv and summary.md into the sweep folder; return the Markdown."""
+    columns = with_optional_columns(SUMMARY_COLUMNS, rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: "" if row[key] is None else row[key] for key in SUMMARY_COLUMNS})
+        writer.writerow({key: "" if row[key] is None else row[key] for key in columns})
     (sweep_dir / "summary.csv").write_text(buffer.getvalue())
     text = markdown_table(rows)
     (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by final loss, best first.\n\n{text}")

@@ -34,17 +34,24 @@ class ConsoleLogger:
             self.bar = tqdm(total=run.max_steps, initial=done, desc=label, unit="step", mininterval=0.1,
                             dynamic_ncols=True, leave=False)
         span = f"from step {done} to step {run.max_steps}" if done else f"for {run.max_steps} steps"
-        log.info("%s: training %s on %s rows %s on %s (%d threads)", label,
-                 type(run.model).__name__, len(run.data), span, run.device, torch.get_num_threads())
+        rows = f"{len(run.data)} rows"
+        if run.data.validation is not None:
+            rows += f" ({len(run.data.validation)} held out for validation)"
+        log.info("%s: training %s on %s %s on %s (%d threads)", label,
+                 type(run.model).__name__, rows, span, run.device, torch.get_num_threads())
 
     @hookimpl
     def framework_log(self, state, step, metrics):
-        loss = metrics["train/loss"]
+        loss, val_loss = metrics["train/loss"], metrics.get("val/loss")  # val/loss: validation steps only
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
+            shown = {"loss": f"{loss:.6g}"}
+            if val_loss is not None:
+                shown["val_loss"] = f"{val_loss:.6g}"
+            self.bar.set_postfix(shown, refresh=False)
         elif self.config.lines and step >= self.next_line_step:
-            log.info("step %d/%d  loss %.6g", step, state.run.max_steps, loss)
+            val_text = "" if val_loss is None else f"  val loss {val_loss:.6g}"
+            log.info("step %d/%d  loss %.6g%s", step, state.run.max_steps, loss, val_text)
             every = max(1, state.run.max_steps // self.config.lines)
             self.next_line_step = (step // every + 1) * every
 
@@ -52,8 +59,10 @@ class ConsoleLogger:
     def framework_fit_end(self, state, result):
         if self.bar is not None:
             self.bar.close()
-        final = result["final_loss"]
+        final, final_val = result["final_loss"], result.get("final_val_loss")
         final_text = "n/a" if final is None else f"{final:.6g}"
+        if final_val is not None:  # the run has a validation set
+            final_text += f", final val loss {final_val:.6g}"
         log.info("%s %s after %d steps (%s) in %.2f s; final loss %s", state.run.task or "run",
                  result["status"], result["steps"], result["stop_reason"], result["wall_s"], final_text)
         for name, value in (result["params"] or {}).items():

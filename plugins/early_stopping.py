@@ -1,10 +1,15 @@
 """The ``early_stopping`` callback: stop once the monitored metric has not improved for a while.
 
-``callback=[early_stopping]``; at every logging step (a *check*) it compares ``monitor``
-(default ``train/loss``) with the best value so far: an improvement by more than ``min_delta``
-resets the count, anything else adds one, and ``patience`` checks without one stop the run. It
-reads only the metrics the step logged, and its count is saved in checkpoints, so a resumed run
-stops at the step an uninterrupted one does.
+``callback=[early_stopping]``; at every logging step that logs ``monitor`` (a *check*) it
+compares it (default ``train/loss``) with the best value so far: an improvement by more than
+``min_delta`` resets the count, anything else adds one, and ``patience`` checks without one stop
+the run. ``val/loss`` is logged at validation steps only (``trainer.val_every``), so those are
+its checks. It reads only the metrics the step logged, and its count is saved in checkpoints, so
+a resumed run stops at the step an uninterrupted one does.
+
+A monitor that can never be logged is refused: ``val/loss`` in a run without a validation set
+before the first step, any other name at step 1 (the first logging step, where every metric is
+logged), listing the metrics that are.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from dataclasses import dataclass
 
 from framework import Component, ConfigError, hookimpl, setting
 
+VAL_LOSS = "val/loss"  # logged by the built-in validation plugin when the run has a validation set
+
 
 @dataclass
 class EarlyStoppingConfig:
-    monitor: str = "train/loss"  # a metric the loop logs
+    monitor: str = "train/loss"  # a logged metric: train/loss, val/loss (needs a validation set), ...
     min_delta: float = setting(0.0, ge=0)  # an improvement must exceed this
-    patience: int = setting(5, ge=1)  # checks (logging steps) without improvement before the stop
+    patience: int = setting(5, ge=1)  # checks (logging steps with the monitor) without improvement
 
 
 class EarlyStopping:
@@ -30,9 +37,18 @@ class EarlyStopping:
         self.checks_without_improvement = 0
 
     @hookimpl
+    def framework_fit_start(self, state):
+        if self.config.monitor == VAL_LOSS and state.run.data.validation is None:
+            raise ConfigError(f"callback.early_stopping.monitor={VAL_LOSS} is not logged: this run has no "
+                              "validation set; hold out rows with data.val_fraction=FRACTION (e.g. 0.2), or "
+                              "use a data component that gives its own validation set")
+
+    @hookimpl
     def framework_log(self, state, step, metrics):
         monitor = self.config.monitor
         if monitor not in metrics:
+            if step != 1:  # e.g. val/loss between validation steps: not a check
+                return
             raise ConfigError(f"callback.early_stopping.monitor={monitor} is not logged; "
                               f"logged metrics: {', '.join(sorted(metrics))}")
         value = metrics[monitor]

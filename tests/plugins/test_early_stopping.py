@@ -11,8 +11,9 @@ import torch
 
 from framework import ConfigError
 from framework.signals import Interrupted
-from tests.framework.compare import assert_same_run
+from tests.framework.compare import assert_same_run, events
 from tests.framework.test_resume import SignalAt, ctrl_c_raises  # noqa: F401 (a fixture)
+from tests.plugins.test_validation import plain_polyfit_with_validation
 
 LOG_EVERY, MAX_STEPS = 10, 20000
 
@@ -78,7 +79,73 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(train, manager, tmp
     assert_same_run(tmp_path / "stopped", tmp_path / "straight")
 
 
-def test_a_monitor_that_is_not_logged_is_refused_by_name(train, tmp_path):
-    with pytest.raises(ConfigError, match="callback.early_stopping.monitor=val/loss is not logged"):
+def test_val_loss_without_a_validation_set_is_refused_before_the_first_step(train, recorder, tmp_path):
+    with pytest.raises(ConfigError, match="callback.early_stopping.monitor=val/loss is not logged: this run has no "
+                                          "validation set; hold out rows with data.val_fraction"):
         train(["+task=linear", "logger=[]", "callback=[early_stopping]", "callback.early_stopping.monitor=val/loss"],
               run_dir=tmp_path)
+    assert "step_end" not in recorder.names()
+    written = json.loads((tmp_path / "result.json").read_text())
+    assert (written["status"], written["steps"]) == ("failed", 0) and "val/loss" in written["error"]
+
+
+def test_a_monitor_that_is_never_logged_is_refused_at_step_1_naming_the_logged_metrics(train, tmp_path):
+    with pytest.raises(ConfigError, match=r"callback.early_stopping.monitor=val/los is not logged; logged metrics: "
+                                          r"train/grad_norm, train/loss, train/lr, val/loss$"):
+        train(["+task=linear", "logger=[]", "data.val_fraction=0.25", "callback=[early_stopping]",
+               "callback.early_stopping.monitor=val/los"], run_dir=tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 1
+
+
+# ------------------------------------------------------------------ monitor=val/loss (plugins/validation.py)
+
+VAL_OVERRIDES = ["+task=polyfit", f"trainer.max_steps={MAX_STEPS}", "data.val_fraction=0.2",
+                 "callback=[early_stopping]", "callback.early_stopping.monitor=val/loss"]
+
+
+def plain_val_stop_step(val_every: int, min_delta: float, patience: int) -> int:
+    """The same rule on the plain loop's validation losses (tests/plugins/test_validation.py) at
+    the validation steps: step 1 and every ``val_every``."""
+    val_losses = plain_polyfit_with_validation(6000)["val_losses"]
+    best, bad = math.inf, 0
+    for step, loss in val_losses.items():
+        if step != 1 and step % val_every:
+            continue
+        if loss < best - min_delta:
+            best, bad = loss, 0
+        else:
+            bad += 1
+            if bad == patience:
+                return step
+    raise AssertionError("the plain loop never stops")
+
+
+# val_every 50 with log_every 10: checks at every 5th logging step only; 30 with 20: val steps
+# that fall between logging steps.
+@pytest.mark.parametrize("val_every, log_every, min_delta, patience", [(50, 10, 1e-3, 3), (30, 20, 1e-2, 4)])
+def test_val_loss_stops_at_the_step_a_plain_loop_finds(train, tmp_path, val_every, log_every, min_delta, patience):
+    expected = plain_val_stop_step(val_every, min_delta, patience)
+    result = train([*VAL_OVERRIDES, f"trainer.val_every={val_every}", f"trainer.log_every={log_every}", "logger=[]",
+                    f"callback.early_stopping.min_delta={min_delta}", f"callback.early_stopping.patience={patience}"],
+                   run_dir=tmp_path)
+    assert result["steps"] == expected < MAX_STEPS
+    assert result["stop_reason"].startswith("early_stopping: val/loss")
+    assert result["final_val_loss"] is not None
+
+
+def test_a_resumed_run_stopping_on_val_loss_stops_where_an_uninterrupted_one_does(train, manager, tmp_path,
+                                                                                  ctrl_c_raises):  # noqa: F811
+    overrides = [*VAL_OVERRIDES, "trainer.val_every=50", f"trainer.log_every={LOG_EVERY}",
+                 "callback.early_stopping.min_delta=1e-3", "callback.early_stopping.patience=3"]
+    straight = train(overrides, run_dir=tmp_path / "straight")
+    stopper = SignalAt(straight["steps"] - 75)  # between validation steps, after a check without improvement
+    manager.register_plugin(stopper, "stopper", "test")
+    with pytest.raises(Interrupted):
+        train(overrides, run_dir=tmp_path / "stopped")
+    manager.unregister(stopper)
+    resumed = train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped")
+    assert (resumed["steps"], resumed["stop_reason"]) == (straight["steps"], straight["stop_reason"])
+    assert_same_run(tmp_path / "stopped", tmp_path / "straight")
+    val_curve = [[(event.step, event.value) for event in events(tmp_path / run).Scalars("val/loss")]
+                 for run in ("stopped", "straight")]
+    assert val_curve[0] == val_curve[1] and val_curve[0][-1][0] == straight["steps"]

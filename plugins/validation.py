@@ -1,0 +1,73 @@
+"""Held-out evaluation: ``val/loss`` at validation steps and ``final_val_loss`` in result.json.
+
+Added to a fit only when the run has a validation set (``data.val_fraction``, or a data
+component's own; ``state.run.data.validation``), so a run without one pays for nothing.
+
+Validation steps are step 1, every ``trainer.val_every`` steps, the last step and the step where
+a stop rule ends the run, as logging steps are for ``trainer.log_every`` (the loop makes each of
+them a logging step); with ``trainer.val_every`` null, every logging step. The loss there is the
+run's loss function on all the validation rows, without gradients and with the model in eval
+mode (put back as it was), read back from the device only at those steps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from framework import hookimpl
+
+log = logging.getLogger(__name__)
+
+VAL_LOSS = "val/loss"  # the TensorBoard tag
+
+
+def validation_loss(run) -> float:
+    """The loss function on the validation rows with the current parameters."""
+    model, validation = run.model, run.data.validation
+    was_training = model.training
+    model.eval()  # dropout off, batch norm on its running statistics
+    try:
+        with torch.no_grad():
+            return run.loss_fn(model(validation.features), validation.targets).item()
+    finally:
+        model.train(was_training)
+
+
+class Validation:
+    def __init__(self, val_every: int | None) -> None:
+        self.val_every = val_every
+
+    def is_validation_step(self, state, step: int) -> bool:
+        # The same rule as the loop's logging steps, so that a resumed run validates at the
+        # steps an uninterrupted one does.
+        if self.val_every is None:
+            return True
+        stop = state.progress.stop
+        return (step % self.val_every == 0 or step == 1 or step == state.run.max_steps
+                or (stop.reason is not None and not stop.interrupted))
+
+    @hookimpl
+    def framework_metrics(self, state, step, metrics):
+        if not self.is_validation_step(state, step):
+            return None
+        return {VAL_LOSS: validation_loss(state.run)}
+
+    @hookimpl
+    def framework_result(self, state, result):
+        if result["status"] == "failed":  # as final_loss: a failed run's parameters are no result
+            return None
+        try:
+            return {"final_val_loss": validation_loss(state.run)}
+        except Exception as error:  # e.g. out of memory: result.json still gets written
+            log.warning("could not compute the final loss on the validation data: %s: %s",
+                        type(error).__name__, error)
+            return None
+
+
+@hookimpl
+def framework_fit_plugins(state):
+    if state.run.data.validation is None:
+        return []
+    return [Validation(state.run.trainer.val_every)]

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "console_logger",
     "tensorboard_logger",
     "tolerance_stop",
+    "optimality_gap",
     "early_stopping",
 )
 

@@ -28,7 +28,11 @@ from framework.signals import on_stop_signals, restore_handlers
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 INTERRUPTED_MARK = ".interrupted"  # in a sweep folder: the signal that stopped the sweep
-SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
+SUMMARY_COLUMNS = ("job", "status", "final_loss", "optimality_gap", "steps", "wall_s", "stop_reason", "device",
+                   "overrides", "error")
+# result.json fields that only some runs have (null otherwise): summary.md shows each one's column
+# only when some job has a value.
+OPTIONAL_COLUMNS = ("optimality_gap",)
 
 
 def exclude_fixed_overrides(args: list[str]) -> list[str]:
@@ -103,6 +107,7 @@ def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, A
             "job": job_dir.name,
             "status": status,
             "final_loss": result.get("final_loss"),
+            "optimality_gap": result.get("optimality_gap"),
             "steps": result.get("steps"),
             "wall_s": result.get("wall_s"),
             "stop_reason": result.get("stop_reason", "unfinished: no result.json" if interrupted else "no result.json"),
@@ -110,8 +115,19 @@ def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, A
             "overrides": " ".join(overrides),
             "error": result.get("error") or "",
         })
-    rows.sort(key=lambda row: (row["final_loss"] is None, row["final_loss"] if row["final_loss"] is not None else 0))
+    ranking = ranked_by(rows)
+    rows.sort(key=lambda row: (row[ranking] is None, row[ranking] if row[ranking] is not None else 0))
     return rows
+
+
+def ranked_by(rows: list[dict[str, Any]]) -> str:
+    """The column jobs are ranked by: ``optimality_gap`` when every job with a final loss has one
+    (least-squares fits: jobs with different data or models then compare fairly, each against
+    its own optimum), else ``final_loss``."""
+    scored = [row for row in rows if row["final_loss"] is not None]
+    if scored and all(row["optimality_gap"] is not None for row in scored):
+        return "optimality_gap"
+    return "final_loss"
 
 
 def _cell(value: Any) -> str:
@@ -123,7 +139,8 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    columns = ("rank", "job", "final_loss", "steps", "wall_s", "stop_reason", "status")
+    optional = [column for column in OPTIONAL_COLUMNS if any(row[column] is not None for row in rows)]
+    columns = ("rank", "job", "final_loss", *optional, "steps", "wall_s", "stop_reason", "status")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for rank, row in enumerate(rows, 1):
         lines.append("| " + " | ".join(_cell(rank if c == "rank" else row[c]) for c in columns) + " |")
@@ -142,7 +159,8 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
         writer.writerow({key: "" if row[key] is None else row[key] for key in SUMMARY_COLUMNS})
     (sweep_dir / "summary.csv").write_text(buffer.getvalue())
     text = markdown_table(rows)
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by final loss, best first.\n\n{text}")
+    ranking = ranked_by(rows).replace("_", " ")
+    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by {ranking}, best first.\n\n{text}")
     return text
 
 

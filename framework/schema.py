@@ -52,6 +52,9 @@ class DataConfig:
 
     batch_size: Optional[int] = setting(None, ge=1)  # rows per step; null: the full batch every step
     shuffle: bool = False  # draw minibatches in a new random order every epoch
+    # train on feature columns scaled to zero mean and unit variance; parameters are reported in
+    # the data's units (framework/standardize.py)
+    standardize: bool = False
 
 
 @dataclass

@@ -29,6 +29,8 @@ _SOURCES = {
     "PluginError": "framework.errors",
     "TrainingError": "framework.errors",
     "is_small_model": "framework.outputs",
+    "may_be_least_squares": "framework.least_squares",
+    "run_problem": "framework.least_squares",
     "Range": "framework.ranges",
     "setting": "framework.ranges",
     "undeclared_ranges": "framework.ranges",

@@ -31,6 +31,7 @@ from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.registry import Registry
 from framework.resume import hydra_value, run_folder_overrides
 from framework.schema import named_schema, null_group_overrides, store_configs
+from framework.standardize import in_original_units
 from framework.run_folders import register_resolvers
 from framework.sweeps import MULTIRUN_FLAGS
 from framework.weights import METADATA_KEY, WEIGHTS_FILE, load_model_weights, read_weights
@@ -56,7 +57,8 @@ class _KeepModel:
 
     @hookimpl
     def framework_fit_end(self, state, result):
-        self.model = state.run.model  # moved to the CPU once every plugin is done with it
+        # In the data's units (data.standardize); moved to the CPU once every plugin is done with it.
+        self.model = in_original_units(state.run.model)
 
 
 def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:

@@ -14,6 +14,7 @@ from framework.devices import default_dtype
 from framework.errors import ConfigError, FrameworkError, PluginError
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
+from framework.standardize import standardize_inputs
 from framework.state import BuiltRun, LoopState, Progress
 
 
@@ -150,6 +151,9 @@ def build_state(
 
     model_component, model_config = component_config(cfg.model, "model", registry)
     model = build_model(model_component, model_config, data, dtype, device)
+    if getattr(data_config, "standardize", False):
+        # Standardized from the training rows; trainer.freeze then names standardized.<name>.
+        model = standardize_inputs(model, data.features, model_component.name)
     trainable = freeze_parameters(model, list(trainer.freeze))
 
     loss_component, loss_config = component_config(cfg.loss, "loss", registry)

@@ -83,27 +83,52 @@ class LeastSquares:
         return float(singular[0]) / smallest
 
 
-def declared_blocks(model: torch.nn.Module, features: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """The model's design-matrix blocks for ``features``, or None when it declares none."""
-    declare = getattr(model, "design_matrix", None)
-    if not callable(declare):
+def declares_design_matrix(model: torch.nn.Module) -> bool:
+    """Whether the model has a ``design_matrix`` method (it may still return None for its shape)."""
+    return callable(getattr(model, "design_matrix", None))
+
+
+def describe_model(model: torch.nn.Module, model_name: str | None = None) -> str:
+    """``model 'polynomial' (Polynomial)`` for messages: the component name users chose, when known."""
+    return f"model {model_name!r} ({type(model).__name__})" if model_name else f"model {type(model).__name__}"
+
+
+def declared_blocks(model: torch.nn.Module, features: torch.Tensor,
+                    model_name: str | None = None) -> dict[str, torch.Tensor] | None:
+    """The model's design-matrix blocks for ``features``, or None when it declares none.
+
+    The declaration is the model plugin's code: a failure in it is that plugin's, said so here
+    rather than blamed on whichever plugin asked for the blocks."""
+    if not declares_design_matrix(model):
         return None
-    with torch.no_grad():
-        return declare(features)
+    try:
+        with torch.no_grad():
+            return model.design_matrix(features)
+    except Exception as error:
+        raise PluginError(f"the design_matrix of {describe_model(model, model_name)} failed: "
+                          f"{type(error).__name__}: {error}") from error
+
+
+def squared_loss(loss_name: str | None, targets: torch.Tensor) -> bool:
+    """Whether fitting ``targets`` with this loss is least squares for a model that declares a
+    design matrix: ``mse`` or ``sse``, one target column."""
+    return loss_name in SQUARED_LOSS_SCALES and targets.dim() == 2 and targets.shape[1] == 1
 
 
 def least_squares_problem(model: torch.nn.Module, loss_name: str | None, features: torch.Tensor,
-                          targets: torch.Tensor, trainable: dict[str, torch.nn.Parameter]) -> LeastSquares | None:
+                          targets: torch.Tensor, trainable: dict[str, torch.nn.Parameter],
+                          model_name: str | None = None) -> LeastSquares | None:
     """The least-squares problem of fitting ``model`` to the data, or None when it is not one
-    (the loss is not ``mse``/``sse``, the model declares no design matrix, several targets)."""
-    reduction = SQUARED_LOSS_SCALES.get(loss_name or "")
-    if reduction is None or targets.dim() != 2 or targets.shape[1] != 1:
+    (the loss is not ``mse``/``sse``, the model declares no design matrix, several targets).
+    ``model_name`` (the chosen component's name) is for messages."""
+    if not squared_loss(loss_name, targets):
         return None
-    blocks = declared_blocks(model, features)
+    reduction = SQUARED_LOSS_SCALES[loss_name]
+    blocks = declared_blocks(model, features, model_name)
     if blocks is None:
         return None
     parameters = dict(model.named_parameters())
-    check_declaration(model, features, blocks, parameters)
+    check_declaration(model, features, blocks, parameters, model_name)
     rows = features.shape[0]
     target = targets.detach().reshape(rows).to("cpu", torch.float64)
     columns, order = [], []
@@ -121,29 +146,45 @@ def least_squares_problem(model: torch.nn.Module, loss_name: str | None, feature
 
 
 def check_declaration(model: torch.nn.Module, features: torch.Tensor, blocks: dict[str, torch.Tensor],
-                      parameters: dict[str, torch.nn.Parameter]) -> None:
+                      parameters: dict[str, torch.nn.Parameter], model_name: str | None = None) -> None:
     """A design matrix that does not reproduce the forward would give a wrong optimum: refuse it."""
-    model_name = type(model).__name__
+    model_name = describe_model(model, model_name)
     if set(blocks) != set(parameters):
-        raise PluginError(f"model {model_name}'s design_matrix gives blocks for {sorted(blocks)}, but its "
+        raise PluginError(f"the design_matrix of {model_name} gives blocks for {sorted(blocks)}, but its "
                           f"parameters are {sorted(parameters)}")
     rows = features.shape[0]
+    misshapen = [f"{name} {tuple(blocks[name].shape)}" for name, parameter in parameters.items()
+                 if blocks[name].numel() != rows * parameter.numel()]
+    if misshapen:
+        raise PluginError(f"the design_matrix of {model_name} gives blocks of the wrong shape for {rows} rows: "
+                          f"{', '.join(misshapen)} (each must be (rows, parameter.numel()))")
+    # At generic parameter values, not the model's own: a declaration that is wrong can still
+    # agree with the forward at particular ones (at zeros, where the linear task starts, any does).
+    generator = torch.Generator().manual_seed(0)
+    values = {name: torch.randn(parameter.shape, generator=generator, dtype=torch.float64).to(parameter.device, parameter.dtype)
+              for name, parameter in parameters.items()}
     with torch.no_grad():
-        predicted = model(features).reshape(rows, -1)
+        predicted = torch.func.functional_call(model, values, (features,)).reshape(rows, -1)
         if predicted.shape[1] != 1:
-            raise PluginError(f"model {model_name} declares a design matrix but gives {predicted.shape[1]} "
+            raise PluginError(f"{model_name} declares a design matrix but gives {predicted.shape[1]} "
                               "outputs per row; a declaration is for one output (return None otherwise)")
-        terms = {name: blocks[name].reshape(rows, -1) @ parameter.reshape(-1) for name, parameter in parameters.items()}
+        terms = {name: blocks[name].reshape(rows, -1) @ value.reshape(-1) for name, value in values.items()}
     rebuilt = sum(terms.values())
     error = float((rebuilt - predicted.squeeze(1)).abs().max())
     # Relative to the largest term: rounding is relative to what was summed, not to the result.
     size = max([float(predicted.abs().max())] + [float(term.abs().max()) for term in terms.values()])
     if error > DECLARATION_TOLERANCE.get(predicted.dtype, 1e-4) * max(size, 1.0):
-        raise PluginError(f"model {model_name}'s design_matrix does not reproduce its forward: they differ by "
+        raise PluginError(f"the design_matrix of {model_name} does not reproduce its forward: they differ by "
                           f"up to {error:.3g} on the data")
+
+
+def may_be_least_squares(run) -> bool:
+    """Whether :func:`run_problem` can be other than None for this built run, without building
+    anything: the loss is ``mse``/``sse`` on one target and the model has ``design_matrix``."""
+    return squared_loss(run.components.get("loss"), run.data.targets) and declares_design_matrix(run.model)
 
 
 def run_problem(run) -> LeastSquares | None:
     """The least-squares problem of a built run (:class:`framework.BuiltRun`) on its training data."""
     return least_squares_problem(run.model, run.components.get("loss"), run.data.features, run.data.targets,
-                                 run.trainable)
+                                 run.trainable, run.components.get("model"))

@@ -15,6 +15,7 @@ from framework.checkpoints import Checkpointer
 from framework.errors import FrameworkError, NonFiniteLossError, OutputError, PluginError, TrainingError, user_message
 from framework.hook_calls import PLUGIN_FAILURES, call_every, call_hook
 from framework.outputs import PLUGIN_RESULT_FIELDS, finite_or_none, result_record, small_model_params, write_result
+from framework.standardize import in_original_units
 from framework.state import BuiltRun, LoopState, Progress
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def close_fit(state: LoopState, hook, checkpointer: Checkpointer | None, *, stat
         steps=state.progress.step,
         # A failed run's parameters are no result worth scoring (NaN after divergence).
         final_loss=full_data_loss(run) if status != "failed" else None,
-        params=small_model_params(run.model, run.trainer.param_log_limit),
+        params=small_model_params(in_original_units(run.model), run.trainer.param_log_limit),
         wall_s=time.perf_counter() - started,
         device=run.device,
         stop_reason=stop.reason,

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "console_logger",
     "tensorboard_logger",
     "convergence_stops",
+    "optimality_gap",
     "early_stopping",
     "doctor",
     "validation",

@@ -88,6 +88,9 @@ class DataConfig:
     # hold out this fraction of the rows (rounded up) as a validation set, chosen at random
     # from trainer.seed; null or 0: no split (framework/data.py: split_off_validation)
     val_fraction: Optional[float] = setting(None, ge=0, lt=1)
+    # train on feature columns scaled to zero mean and unit variance; parameters are reported in
+    # the data's units (framework/standardize.py)
+    standardize: bool = False
 
 
 @dataclass

@@ -30,7 +30,7 @@ EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 INTERRUPTED_MARK = ".interrupted"  # in a sweep folder: the signal that stopped the sweep
 SUMMARY_COLUMNS = ("job", "status", "final_loss", "steps", "wall_s", "stop_reason", "device", "overrides", "error")
 # result.json fields a summary shows, after final_loss, only when some job has a value.
-OPTIONAL_COLUMNS = ("final_val_loss",)
+OPTIONAL_COLUMNS = ("final_val_loss", "optimality_gap")
 
 
 def exclude_fixed_overrides(args: list[str]) -> list[str]:
@@ -113,8 +113,19 @@ def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, A
             "error": result.get("error") or "",
             **{column: result.get(column) for column in OPTIONAL_COLUMNS},
         })
-    rows.sort(key=lambda row: (row["final_loss"] is None, row["final_loss"] if row["final_loss"] is not None else 0))
+    ranking = ranked_by(rows)
+    rows.sort(key=lambda row: (row[ranking] is None, row[ranking] if row[ranking] is not None else 0))
     return rows
+
+
+def ranked_by(rows: list[dict[str, Any]]) -> str:
+    """The column jobs are ranked by: ``optimality_gap`` when every job with a final loss has one
+    (least-squares fits: jobs with different data or models then compare fairly, each against
+    its own optimum), else ``final_loss``."""
+    scored = [row for row in rows if row["final_loss"] is not None]
+    if scored and all(row["optimality_gap"] is not None for row in scored):
+        return "optimality_gap"
+    return "final_loss"
 
 
 def _cell(value: Any) -> str:
@@ -153,7 +164,8 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
         writer.writerow({key: "" if row[key] is None else row[key] for key in columns})
     (sweep_dir / "summary.csv").write_text(buffer.getvalue())
     text = markdown_table(rows)
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by final loss, best first.\n\n{text}")
+    ranking = ranked_by(rows).replace("_", " ")
+    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by {ranking}, best first.\n\n{text}")
     return text
 
 

@@ -15,6 +15,7 @@ import torch
 
 from framework.errors import ConfigError
 from framework.outputs import atomic_write
+from framework.standardize import in_original_units
 from framework.state import BuiltRun
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,11 +34,14 @@ def weights_metadata(run: BuiltRun, step: int) -> dict[str, Any]:
 
 
 def save_weights(run: BuiltRun, step: int) -> Path:
-    """Write ``<run_dir>/model.safetensors`` atomically: every weight and buffer, on the CPU."""
+    """Write ``<run_dir>/model.safetensors`` atomically: every weight and buffer, on the CPU, of
+    the model in the data's units (``data.standardize``: framework/standardize.py), so that
+    ``load_run`` rebuilds the model component as configured and it takes raw features."""
     from safetensors.torch import save  # imported here: only runs with a run folder need it
 
+    model = in_original_units(run.model)
     # Cloned: safetensors refuses tensors that share memory (tied weights).
-    tensors = {name: value.detach().cpu().clone().contiguous() for name, value in run.model.state_dict().items()}
+    tensors = {name: value.detach().cpu().clone().contiguous() for name, value in model.state_dict().items()}
     data = save(tensors, metadata={METADATA_KEY: json.dumps(weights_metadata(run, step))})
     path = Path(run.run_dir) / WEIGHTS_FILE
     atomic_write(path, lambda handle: handle.write(data))

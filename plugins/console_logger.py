@@ -1,5 +1,5 @@
 """The ``console`` logger: a live progress bar on a terminal, a few progress lines otherwise, and
-the final loss and parameters at the end."""
+the final loss, the optimality gap of a least-squares fit, and the parameters at the end."""
 
 import logging
 import sys
@@ -65,6 +65,10 @@ class ConsoleLogger:
             final_text += f", final val loss {final_val:.6g}"
         log.info("%s %s after %d steps (%s) in %.2f s; final loss %s", state.run.task or "run",
                  result["status"], result["steps"], result["stop_reason"], result["wall_s"], final_text)
+        if result.get("optimal_loss") is not None:  # a least-squares fit (plugin optimality_gap)
+            gap = result.get("optimality_gap")
+            log.info("least-squares optimum %.6g; optimality gap %s", result["optimal_loss"],
+                     "n/a" if gap is None else f"{gap:.6g}")
         for name, value in (result["params"] or {}).items():
             log.info("  %s = %s", name, value)
 

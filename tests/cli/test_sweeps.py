@@ -201,6 +201,30 @@ def test_grid_no_job_declares_an_hparams_experiment_without_the_final_loss(grid)
                 assert "hparams/final_loss" in metrics, f"{job}: {tag} declares only {sorted(metrics)}"
 
 
+# --------------------------------------------------- least-squares jobs: ranked by their optimality gap
+
+
+def test_least_squares_jobs_are_ranked_by_optimality_gap_not_final_loss(tmp_path):
+    # Noisy data have a larger optimum: LBFGS's fit of them has the larger final loss but the
+    # smaller gap than the preset's 1000 NAdam steps on clean data.
+    sweep = launch_sweep(tmp_path, "+task=polyfit", "optimizer=lbfgs,nadam", "data.noise=0,4", "logger=[]")
+    assert sweep.returncode == 0, sweep.describe()
+    rows = sweep.summary_rows()
+    assert len(rows) == 4, rows
+    for row in rows:
+        result = sweep.result(row["job"])
+        assert result["optimality_gap"] == result["final_loss"] - result["optimal_loss"], row
+        assert float(row["optimality_gap"]) == pytest.approx(result["optimality_gap"], rel=1e-9), row
+    gaps = [float(row["optimality_gap"]) for row in rows]
+    assert gaps == sorted(gaps)
+    by_loss = sorted(rows, key=lambda row: float(row["final_loss"]))
+    assert [row["job"] for row in rows] != [row["job"] for row in by_loss]
+    assert {row["job"] for row in rows[:2]} == {"optimizer=lbfgs,data.noise=0", "optimizer=lbfgs,data.noise=4"}
+    markdown = (sweep.sweep_dir / "summary.md").read_text()
+    assert "Jobs sorted by optimality gap" in markdown and "| optimality_gap |" in markdown
+    assert table_order(markdown) == table_order(sweep.stdout) == [row["job"] for row in rows]
+
+
 # ------------------------------------------------------------------------ joblib: parallel jobs, threads
 
 

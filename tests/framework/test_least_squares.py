@@ -103,3 +103,34 @@ def test_a_declaration_that_does_not_match_the_forward_is_refused():
     features, targets = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
     with pytest.raises(PluginError, match="does not reproduce its forward"):
         least_squares_problem(model, "mse", features, targets, dict(model.named_parameters()))
+
+
+def test_a_wrong_declaration_is_caught_whatever_the_parameters_are():
+    # At zeros (where the linear task starts) a wrong declaration agrees with the forward.
+    class Wrong(Linear):
+        def design_matrix(self, features):
+            return {"weight": 2 * features, "bias": torch.ones_like(features[:, :1])}
+
+    model = Wrong(3, 1, True, "zeros").to(torch.float64)
+    features, targets = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    with pytest.raises(PluginError, match=r"the design_matrix of model 'wrong' \(Wrong\) does not reproduce"):
+        least_squares_problem(model, "mse", features, targets, dict(model.named_parameters()), "wrong")
+    assert torch.equal(model.weight, torch.zeros(1, 3, dtype=torch.float64))  # checked, not changed
+
+
+def test_a_failing_or_misshapen_declaration_is_the_models_plugin_error():
+    class Failing(Linear):
+        def design_matrix(self, features):
+            raise RuntimeError("no columns today")
+
+    class Misshapen(Linear):
+        def design_matrix(self, features):
+            return {"weight": features[:, :2], "bias": torch.ones_like(features[:, :1])}
+
+    features, targets = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    failing = Failing(3, 1, True, "randn").to(torch.float64)
+    with pytest.raises(PluginError, match=r"the design_matrix of model 'acme' \(Failing\) failed: RuntimeError: no columns"):
+        least_squares_problem(failing, "sse", features, targets, dict(failing.named_parameters()), "acme")
+    misshapen = Misshapen(3, 1, True, "randn").to(torch.float64)
+    with pytest.raises(PluginError, match=r"blocks of the wrong shape for 8 rows: weight \(8, 2\)"):
+        least_squares_problem(misshapen, "sse", features, targets, dict(misshapen.named_parameters()))

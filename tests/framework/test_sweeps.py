@@ -78,3 +78,42 @@ def test_summary_sorts_by_final_loss_and_lists_failures_with_their_error(tmp_pat
         table = list(csv.DictReader(handle))
     assert [row["job"] for row in table[:2]] == ["lr=0.01", "lr=0.1"]
     assert table[0]["final_loss"] == "0.5" and table[0]["overrides"] == "x=1"
+
+
+def fit_result(loss, gap):
+    return {**result("completed", loss), "optimal_loss": None if gap is None else loss - gap, "optimality_gap": gap}
+
+
+def test_least_squares_jobs_are_ranked_by_their_optimality_gap(tmp_path):
+    # Jobs fitting different data: the larger final loss can be the better fit of its own data.
+    make_job(tmp_path, "noise=0", fit_result(4.0, 4.0))
+    make_job(tmp_path, "noise=4", fit_result(13.0, 1e-6))
+    make_job(tmp_path, "noise=2", fit_result(5.0, 0.5))
+    make_job(tmp_path, "diverged", result("failed", None, 3, error="training diverged at step 3"))
+    rows = collect_jobs(tmp_path)
+    assert [row["job"] for row in rows] == ["noise=4", "noise=2", "noise=0", "diverged"]
+
+    text = write_summary(tmp_path, rows)
+    assert text.splitlines()[0] == "| rank | job | final_loss | optimality_gap | steps | wall_s | stop_reason | status |"
+    assert "| 1 | noise=4 | 13 | 1e-06 |" in text
+    assert "Jobs sorted by optimality gap, best first." in (tmp_path / "summary.md").read_text()
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(row["job"], row["optimality_gap"]) for row in table] == [
+        ("noise=4", "1e-06"), ("noise=2", "0.5"), ("noise=0", "4.0"), ("diverged", "")]
+
+
+def test_jobs_are_ranked_by_final_loss_unless_every_scored_job_has_a_gap(tmp_path):
+    # A model that is no least-squares problem has no gap: gaps and losses do not compare.
+    make_job(tmp_path, "model=polynomial", fit_result(4.0, 3.9))
+    make_job(tmp_path, "model=sine_cubic", fit_result(2.0, None))
+    rows = collect_jobs(tmp_path)
+    assert [row["job"] for row in rows] == ["model=sine_cubic", "model=polynomial"]
+    write_summary(tmp_path, rows)
+    assert "Jobs sorted by final loss, best first." in (tmp_path / "summary.md").read_text()
+
+
+def test_the_gap_column_is_shown_only_when_some_job_has_a_gap(tmp_path):
+    make_job(tmp_path, "a", result("completed", 1.0))
+    text = write_summary(tmp_path, collect_jobs(tmp_path))
+    assert "optimality_gap" not in text

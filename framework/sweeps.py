@@ -123,7 +123,7 @@ def ranked_by(rows: list[dict[str, Any]]) -> str:
     (least-squares fits: jobs with different data or models then compare fairly, each against
     its own optimum), else ``final_loss``."""
     scored = [row for row in rows if row["final_loss"] is not None]
-    if scored and all(row["optimality_gap"] is not None for row in scored):
+    if scored and all(row.get("optimality_gap") is not None for row in scored):
         return "optimality_gap"
     return "final_loss"
 

@@ -14,13 +14,15 @@ def test_a_sweep_with_a_validation_set_shows_final_val_loss_beside_final_loss(tm
     sweep = launch_sweep(tmp_path, "+task=polyfit", "trainer.max_steps=30", "data.val_fraction=0,0.2")
     assert sweep.returncode == 0, sweep.describe()
     rows = sweep.summary_rows()
-    assert list(rows[0]) == ["job", "status", "final_loss", "final_val_loss", *SUMMARY_COLUMNS[3:]], rows
+    # polyfit is a least-squares fit: its optimality gap is shown too, after final_val_loss.
+    assert list(rows[0]) == ["job", "status", "final_loss", "final_val_loss", "optimality_gap",
+                             *SUMMARY_COLUMNS[3:]], rows
     by_job = {row["job"]: row for row in rows}
     split, whole = sweep.result("data.val_fraction=0.2"), sweep.result("data.val_fraction=0")
     assert float(by_job["data.val_fraction=0.2"]["final_val_loss"]) == pytest.approx(split["final_val_loss"], rel=1e-9)
     assert whole["final_val_loss"] is None and by_job["data.val_fraction=0"]["final_val_loss"] == ""
     markdown = (sweep.sweep_dir / "summary.md").read_text()
-    header = "| rank | job | final_loss | final_val_loss | steps | wall_s | stop_reason | status |"
+    header = "| rank | job | final_loss | final_val_loss | optimality_gap | steps | wall_s | stop_reason | status |"
     assert header in markdown and header in sweep.stdout, sweep.describe()
     assert f"{split['final_val_loss']:.6g}" in markdown
     assert table_order(sweep.stdout) == [row["job"] for row in rows]

@@ -409,6 +409,87 @@ def check_doctor(ran: Ran) -> None:
             in ran.completed.stdout)
 
 
+
+# "Is it converged? How good is it?"
+SINE_DIVERGES = "python -m framework +task=sine optimizer.lr=1e-4"
+STANDARDIZED = "python -m framework +task=polyfit optimizer=sgd optimizer.lr=0.1 data.standardize=true"
+PUZZLE_GTOL = "python -m framework +task=puzzle trainer.tol.grad_norm=1e-2"
+VAL_EARLY_STOPPING = shlex.join(shlex.split(
+    "python -m framework +task=polyfit data.val_fraction=0.2 trainer.max_steps=20000 trainer.val_every=50 "
+    "callback=[early_stopping] callback.early_stopping.monitor=val/loss callback.early_stopping.min_delta=1e-3 "
+    "callback.early_stopping.patience=3"))
+GAP_SWEEP = shlex.join(shlex.split("python -m framework -m +task=polyfit optimizer=lbfgs,nadam data.noise=0,4 logger=[]"))
+
+
+def sine_bound() -> float:
+    """2/L of SSE on the sine task, from numpy: 1/σ_max² of its design matrix [1, x, x², x³]."""
+    x = np.linspace(-math.pi, math.pi, 2000)
+    return 1 / np.linalg.svd(np.stack([x**0, x, x**2, x**3], axis=1), compute_uv=False)[0] ** 2
+
+
+def check_sine_diverges(ran: Ran) -> None:
+    """The doctor warns with numpy's 2/L before the first step, then the run diverges at the step
+    the README names and exits 5."""
+    assert ran.completed.returncode == 5, ran.output[-3000:]
+    warning = f"doctor: optimizer.lr = 0.0001 exceeds the stable bound for plain SGD, 2/L = {sine_bound():.3g}"
+    assert warning in ran.output and ran.output.index(warning) < ran.output.index("step 1/2000")
+    (step,) = readme_claim(r"diverges at step (\d+)")
+    result = ran.only_new_run()[1]
+    assert (result["status"], result["stop_reason"], result["steps"]) == ("failed", "non_finite_loss", step)
+    assert f"the loss is inf at step {int(step)}" in ran.output
+
+
+def check_standardized(ran: Ran) -> None:
+    """Plain SGD at lr 0.1 on standardized features reaches the least-squares optimum (gap = final
+    loss − optimal loss, tiny) and reports x² + 2x + 3 in the data's units; the doctor's bound is
+    the README's."""
+    succeeded(ran)
+    result = ran.only_new_run()[1]
+    assert near(polyfit_params(result), [1, 2, 3], 1e-4), result["params"]
+    assert result["optimality_gap"] == pytest.approx(result["final_loss"] - result["optimal_loss"], rel=1e-9, abs=1e-15)
+    assert abs(result["optimality_gap"]) < 1e-9
+    (bound,) = readme_claim(r"stable up to lr ([\d.]+)")
+    assert f"plain SGD is stable for lr < 2/L = {bound:g}" in ran.output
+
+
+def check_puzzle_gtol(ran: Ran) -> None:
+    """Stops at the first step whose gradient norm (TensorBoard's train/grad_norm there) is below
+    0.01, naming the value, after the README's number of steps."""
+    from tests.framework.compare import events
+
+    succeeded(ran)
+    folder, result = ran.only_new_run()
+    value = float(re.fullmatch(r"grad_norm (\S+) < 0.01", result["stop_reason"]).group(1))
+    (steps,) = readme_claim(r"puzzle completed after (\d+) steps \(grad_norm")
+    assert value < 0.01 and result["steps"] == steps < 2000
+    logged = {event.step: event.value for event in events(folder).Scalars("train/grad_norm")}
+    assert f"{logged[result['steps']]:.3g}" == f"{value:.3g}"
+
+
+def check_val_early_stopping(ran: Ran) -> None:
+    """4 of the 20 rows held out; early stopping on val/loss at a validation step, the README's."""
+    succeeded(ran)
+    result = ran.only_new_run()[1]
+    assert "holding out 4 of 20 rows for validation" in ran.output
+    assert result["stop_reason"].startswith("early_stopping: val/loss") and result["final_val_loss"] is not None
+    (steps,) = readme_claim(r"polyfit completed after (\d+) steps \(early_stopping")
+    assert result["steps"] == steps and steps % 50 == 0
+
+
+def check_gap_sweep(ran: Ran) -> None:
+    """Ranked by optimality gap: LBFGS on noisy data (a large loss, a tiny gap) ranks above NAdam
+    on clean data (a smaller loss, a larger gap)."""
+    succeeded(ran)
+    folder = sweep_folder(ran)
+    rows = summary_rows(folder)
+    gaps = [float(row["optimality_gap"]) for row in rows]
+    assert gaps == sorted(gaps) and "sorted by optimality gap" in (folder / "summary.md").read_text()
+    by_job = {row["job"]: row for row in rows}
+    noisy_lbfgs, clean_nadam = by_job["optimizer=lbfgs,data.noise=4"], by_job["optimizer=nadam,data.noise=0"]
+    assert float(noisy_lbfgs["final_loss"]) > float(clean_nadam["final_loss"])
+    assert float(noisy_lbfgs["optimality_gap"]) < float(clean_nadam["optimality_gap"])
+
+
 GRID_SWEEP = "python -m framework -m +task=polyfit optimizer=adam,nadam,rmsprop optimizer.lr=0.01,0.1"
 OPTUNA_SWEEP = ("python -m framework -m hydra/sweeper=optuna hydra.sweeper.n_trials=10 +task=polyfit "
                 "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
@@ -428,6 +509,11 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "python -m framework --help": check_help,
     "python -m framework model=linear --help": check_model_help,
     "python -m framework.doctor +task=sine optimizer.lr=1e-4": check_doctor,
+    SINE_DIVERGES: check_sine_diverges,
+    STANDARDIZED: check_standardized,
+    PUZZLE_GTOL: check_puzzle_gtol,
+    VAL_EARLY_STOPPING: check_val_early_stopping,
+    GAP_SWEEP: check_gap_sweep,
     GRID_SWEEP: check_grid_sweep,
     "python -m framework -m hydra/launcher=joblib hydra.launcher.n_jobs=2 +task=polyfit optimizer=adam,nadam":
         check_joblib_sweep,
@@ -451,7 +537,7 @@ CHAINS = [[CHECKPOINTS, RESUME, RESUME_LONGER, WARM_START]]
 PREPARE: dict[str, Callable[[Path], None]] = {OWN_CSV: write_my_csv}
 
 # Rough relative run times, so the longest chains start first.
-COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, RESUME_LONGER: 2}
+COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_val_loss_without_a_validation_set_is_refused_before_the_first_step(trai
 
 def test_a_monitor_that_is_never_logged_is_refused_at_step_1_naming_the_logged_metrics(train, tmp_path):
     with pytest.raises(ConfigError, match=r"callback.early_stopping.monitor=val/los is not logged; logged metrics: "
-                                          r"train/grad_norm, train/loss, train/lr, val/loss$"):
+                                          r"train/grad_norm, train/loss, train/lr, train/optimality_gap, val/loss$"):
         train(["+task=linear", "logger=[]", "data.val_fraction=0.25", "callback=[early_stopping]",
                "callback.early_stopping.monitor=val/los"], run_dir=tmp_path)
     assert json.loads((tmp_path / "result.json").read_text())["steps"] == 1

@@ -44,6 +44,17 @@ class SignalAt:
             os.kill(os.getpid(), self.signum)
 
 
+def interrupted_then_resumed(train, manager, overrides: list[str], run_dir, at_step: int) -> dict:
+    """Run ``overrides`` in ``run_dir`` until a real SIGINT at ``at_step``, then resume it there
+    to its end: the resumed run's result, to compare with an uninterrupted run's."""
+    stopper = SignalAt(at_step)
+    manager.register_plugin(stopper, "stopper", "test")
+    with pytest.raises(Interrupted):
+        train(overrides, run_dir=run_dir)
+    manager.unregister(stopper)
+    return train([*overrides, f"trainer.resume={run_dir}"], run_dir=run_dir)
+
+
 @pytest.fixture
 def ctrl_c_raises():
     """SIGINT as a terminal's Ctrl-C has it, even when the tests run as a background job (which

@@ -13,11 +13,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from framework import ConfigError, hookimpl
-from framework.signals import Interrupted
 from tests.conftest import run_cli
 from tests.framework import test_resume
 from tests.framework.compare import assert_same_run, final_checkpoint
-from tests.framework.test_resume import SignalAt
+from tests.framework.test_resume import interrupted_then_resumed
 
 ctrl_c_raises = test_resume.ctrl_c_raises  # a fixture
 
@@ -155,12 +154,7 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(train, manager, tmp
     straight = train(overrides, run_dir=tmp_path / "straight")
     assert straight["stop_reason"].startswith("rel_loss ")
     # Inside the last window: a resumed run that forgot the window's losses would stop later.
-    stopper = SignalAt(straight["steps"] - 4)
-    manager.register_plugin(stopper, "stopper", "test")
-    with pytest.raises(Interrupted):
-        train(overrides, run_dir=tmp_path / "stopped")
-    manager.unregister(stopper)
-    resumed = train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped")
+    resumed = interrupted_then_resumed(train, manager, overrides, tmp_path / "stopped", straight["steps"] - 4)
     assert (resumed["steps"], resumed["stop_reason"]) == (straight["steps"], straight["stop_reason"])
     assert_same_run(tmp_path / "stopped", tmp_path / "straight")
     # TensorBoard's Text tab: only the reason the run ended for good, not the interruption's.

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from framework import ConfigError
-from framework.signals import Interrupted
 from tests.framework.compare import assert_same_run, events
-from tests.framework.test_resume import SignalAt, ctrl_c_raises  # noqa: F401 (a fixture)
+from tests.framework.test_resume import ctrl_c_raises, interrupted_then_resumed  # noqa: F401 (a fixture)
 from tests.plugins.test_validation import plain_polyfit_with_validation
 
 LOG_EVERY, MAX_STEPS = 10, 20000
@@ -36,12 +35,12 @@ def plain_polyfit_losses(steps: int) -> list[float]:
     return losses
 
 
-def plain_stop_step(losses: list[float], min_delta: float, patience: int) -> int:
-    """Keras' rule on the logged steps (1, every LOG_EVERY): the step of the patience-th check
-    in a row that did not beat the best by more than min_delta."""
+def plain_stop_step(losses: dict[int, float], every: int, min_delta: float, patience: int) -> int:
+    """Keras' rule on the checked steps (1 and every ``every``): the step of the patience-th
+    check in a row that did not beat the best by more than min_delta."""
     best, bad = math.inf, 0
-    for step, loss in enumerate(losses, 1):
-        if step != 1 and step % LOG_EVERY:
+    for step, loss in losses.items():
+        if step != 1 and step % every:
             continue
         if loss < best - min_delta:
             best, bad = loss, 0
@@ -54,7 +53,7 @@ def plain_stop_step(losses: list[float], min_delta: float, patience: int) -> int
 
 @pytest.mark.parametrize("min_delta, patience", [(1e-3, 5), (1e-2, 3)])
 def test_stops_at_the_step_a_plain_loop_applying_the_same_rule_finds(train, tmp_path, min_delta, patience):
-    expected = plain_stop_step(plain_polyfit_losses(6000), min_delta, patience)
+    expected = plain_stop_step(dict(enumerate(plain_polyfit_losses(6000), 1)), LOG_EVERY, min_delta, patience)
     result = train(["+task=polyfit", f"trainer.max_steps={MAX_STEPS}", f"trainer.log_every={LOG_EVERY}",
                     "logger=[]", "callback=[early_stopping]", f"callback.early_stopping.min_delta={min_delta}",
                     f"callback.early_stopping.patience={patience}"], run_dir=tmp_path)
@@ -68,13 +67,8 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(train, manager, tmp
     overrides = ["+task=polyfit", f"trainer.max_steps={MAX_STEPS}", f"trainer.log_every={LOG_EVERY}",
                  "callback=[early_stopping]", "callback.early_stopping.min_delta=1e-3"]
     straight = train(overrides, run_dir=tmp_path / "straight")
-    stop_at = straight["steps"] - 25  # after some checks without improvement were counted
-    stopper = SignalAt(stop_at)
-    manager.register_plugin(stopper, "stopper", "test")
-    with pytest.raises(Interrupted):
-        train(overrides, run_dir=tmp_path / "stopped")
-    manager.unregister(stopper)
-    resumed = train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped")
+    # After some checks without improvement were counted.
+    resumed = interrupted_then_resumed(train, manager, overrides, tmp_path / "stopped", straight["steps"] - 25)
     assert (resumed["steps"], resumed["stop_reason"]) == (straight["steps"], straight["stop_reason"])
     assert_same_run(tmp_path / "stopped", tmp_path / "straight")
 
@@ -103,28 +97,13 @@ VAL_OVERRIDES = ["+task=polyfit", f"trainer.max_steps={MAX_STEPS}", "data.val_fr
                  "callback=[early_stopping]", "callback.early_stopping.monitor=val/loss"]
 
 
-def plain_val_stop_step(val_every: int, min_delta: float, patience: int) -> int:
-    """The same rule on the plain loop's validation losses (tests/plugins/test_validation.py) at
-    the validation steps: step 1 and every ``val_every``."""
-    val_losses = plain_polyfit_with_validation(6000)["val_losses"]
-    best, bad = math.inf, 0
-    for step, loss in val_losses.items():
-        if step != 1 and step % val_every:
-            continue
-        if loss < best - min_delta:
-            best, bad = loss, 0
-        else:
-            bad += 1
-            if bad == patience:
-                return step
-    raise AssertionError("the plain loop never stops")
-
-
 # val_every 50 with log_every 10: checks at every 5th logging step only; 30 with 20: val steps
 # that fall between logging steps.
 @pytest.mark.parametrize("val_every, log_every, min_delta, patience", [(50, 10, 1e-3, 3), (30, 20, 1e-2, 4)])
 def test_val_loss_stops_at_the_step_a_plain_loop_finds(train, tmp_path, val_every, log_every, min_delta, patience):
-    expected = plain_val_stop_step(val_every, min_delta, patience)
+    # The same rule on the plain loop's validation losses (tests/plugins/test_validation.py).
+    val_losses = plain_polyfit_with_validation(6000)["val_losses"]
+    expected = plain_stop_step(val_losses, val_every, min_delta, patience)
     result = train([*VAL_OVERRIDES, f"trainer.val_every={val_every}", f"trainer.log_every={log_every}", "logger=[]",
                     f"callback.early_stopping.min_delta={min_delta}", f"callback.early_stopping.patience={patience}"],
                    run_dir=tmp_path)
@@ -138,12 +117,8 @@ def test_a_resumed_run_stopping_on_val_loss_stops_where_an_uninterrupted_one_doe
     overrides = [*VAL_OVERRIDES, "trainer.val_every=50", f"trainer.log_every={LOG_EVERY}",
                  "callback.early_stopping.min_delta=1e-3", "callback.early_stopping.patience=3"]
     straight = train(overrides, run_dir=tmp_path / "straight")
-    stopper = SignalAt(straight["steps"] - 75)  # between validation steps, after a check without improvement
-    manager.register_plugin(stopper, "stopper", "test")
-    with pytest.raises(Interrupted):
-        train(overrides, run_dir=tmp_path / "stopped")
-    manager.unregister(stopper)
-    resumed = train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped")
+    # Between validation steps, after a check without improvement.
+    resumed = interrupted_then_resumed(train, manager, overrides, tmp_path / "stopped", straight["steps"] - 75)
     assert (resumed["steps"], resumed["stop_reason"]) == (straight["steps"], straight["stop_reason"])
     assert_same_run(tmp_path / "stopped", tmp_path / "straight")
     val_curve = [[(event.step, event.value) for event in events(tmp_path / run).Scalars("val/loss")]

@@ -56,10 +56,29 @@ PLUGIN_SOURCE = '''
         return Quadratic(config.scale)
 
 
+    @dataclass
+    class StopAfterConfig:
+        after: int = 3
+
+
+    class StopAfter:
+        """A callback: stops the run after ``after`` steps, with its own reason."""
+
+        def __init__(self, config):
+            self.after = config.after
+
+        @hookimpl
+        def framework_step_end(self, state):
+            if state.progress.step >= self.after:
+                state.progress.stop.request(f"stop_after_acme: {self.after} steps")
+
+
     @hookimpl
     def framework_components():
         return [Component("model", "quadratic_acme", build_quadratic, QuadraticConfig,
-                          help="scale * (a x^2 + b x + c), by ACME")]
+                          help="scale * (a x^2 + b x + c), by ACME"),
+                Component("callback", "stop_after_acme", lambda config, **context: StopAfter(config),
+                          StopAfterConfig, help="stop after `after` steps, by ACME")]
 '''
 
 BASE_ARGS = ("data=polynomial", "loss=mse", "optimizer=sgd", "optimizer.lr=1e-4", "trainer.max_steps=5")
@@ -102,6 +121,16 @@ def test_plugin_model_trains_with_its_config(site, tmp_path):
     assert json.loads(record.read_text()) == {"type": "QuadraticConfig", "scale": 2.0, "rows": 20}
     snapshot = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "name: quadratic_acme" in snapshot and "scale: 2.0" in snapshot
+
+
+def test_plugin_callback_is_chosen_like_a_builtin_and_stops_the_run(site, tmp_path):
+    run_dir = tmp_path / "run"
+    completed = run_with_plugin(site, tmp_path, "+task=linear", "callback=[early_stopping,stop_after_acme]",
+                                "callback.stop_after_acme.after=7", f"hydra.run.dir={run_dir}")
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert (result["status"], result["steps"], result["stop_reason"]) == ("completed", 7, "stop_after_acme: 7 steps")
+    assert "stop_after_acme: 7 steps" in completed.stderr + completed.stdout
 
 
 def test_help_lists_the_plugin_model_and_its_config(site, tmp_path):

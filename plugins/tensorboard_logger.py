@@ -9,7 +9,9 @@ import functools
 import itertools
 import math
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -96,6 +98,32 @@ def _indices(shape) -> list[str]:
     return ["_".join(map(str, index)) for index in itertools.product(*(range(size) for size in shape))]
 
 
+EVENT_FILE_PREFIX = "events.out.tfevents."
+
+
+def event_file_second(path: Path) -> int | None:
+    """The second an event file was created in, as its name gives it."""
+    first = path.name[len(EVENT_FILE_PREFIX):].split(".", 1)[0]
+    return int(first) if first.isdigit() else None
+
+
+def wait_for_a_later_second(run_dir: Path) -> None:
+    """Return in a later second than the folder's newest event file was created in.
+
+    TensorBoard reads a folder's event files in name order, and a name is the second it was made
+    in, the host, the process id and a per-process counter. A resumed run's file made in the same
+    second by the same process (``framework.train`` resuming right after a run) could sort before
+    the earlier file (counter 10 before 9), and TensorBoard would replay the two out of order,
+    purging the wrong steps. Only a resume within a second of the last write waits, at most 1 s.
+    """
+    seconds = [second for second in map(event_file_second, Path(run_dir).glob(EVENT_FILE_PREFIX + "*"))
+               if second is not None]
+    if seconds:
+        newest = max(seconds)
+        while time.time() < newest + 1:
+            time.sleep(newest + 1 - time.time() + 0.001)
+
+
 class TensorBoardLogger:
     def __init__(self, config: TensorBoardConfig, run_dir, run_config, run_overrides=()) -> None:
         self.config, self.run_dir, self.run_config = config, run_dir, run_config
@@ -115,6 +143,8 @@ class TensorBoardLogger:
 
         _quiet_writer_thread()
         resumed_at = state.progress.step
+        if resumed_at:
+            wait_for_a_later_second(self.run_dir)
         # A resumed run writes on into its own run folder. purge_step makes TensorBoard drop what
         # the earlier process logged after the checkpoint, so the run stays one curve with no
         # step twice.

@@ -196,3 +196,18 @@ def test_plugin_states_are_saved_and_given_back_by_plugin_name(train, manager, t
     train(["+task=linear", "trainer.max_steps=50", f"trainer.resume={tmp_path}"], run_dir=tmp_path, task="linear")
     assert second.loaded["steps"] == 30 and torch.equal(second.loaded["seen"], torch.tensor([30]))
     assert second.steps == 50
+
+
+def test_a_resume_in_the_same_process_and_second_writes_an_event_file_that_sorts_after_the_first(train, tmp_path):
+    # TensorBoard reads event files in name order; names start with their second, and within one
+    # process and second a per-process counter (…9, …10) could sort the resumed run's file first.
+    from framework_plugins.tensorboard_logger import EVENT_FILE_PREFIX, event_file_second
+
+    overrides = ["+task=linear", "logger=[tensorboard]", "trainer.log_every=5"]
+    train([*overrides, "trainer.max_steps=10"], run_dir=tmp_path)
+    train([*overrides, "trainer.max_steps=20", f"trainer.resume={tmp_path}"], run_dir=tmp_path)
+    files = sorted(tmp_path.glob(EVENT_FILE_PREFIX + "*"), key=lambda path: path.stat().st_mtime_ns)
+    assert len(files) == 2
+    first, resumed = map(event_file_second, files)
+    assert resumed > first
+    assert [step for step, _ in curves(tmp_path)["train/loss"]] == [1, 5, 10, 15, 20]

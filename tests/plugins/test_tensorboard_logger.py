@@ -51,3 +51,16 @@ def test_loss_curve_uses_a_log_axis_only_when_the_loss_spans_decades():
     assert not wants_log_scale([1000.0, 0.0])  # a zero loss has no place on a log axis
     image = loss_figure([1, 10, 20], [1000.0, 10.0, 0.5], "falling")
     assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+
+
+def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file(tmp_path):
+    import time
+
+    from framework_plugins.tensorboard_logger import EVENT_FILE_PREFIX, event_file_second, wait_for_a_later_second
+
+    now = int(time.time())
+    (tmp_path / f"{EVENT_FILE_PREFIX}{now:010d}.host.123.9").write_bytes(b"")
+    assert event_file_second(next(tmp_path.iterdir())) == now
+    wait_for_a_later_second(tmp_path)
+    # A file made now has a later second in its name, so it sorts after the earlier one.
+    assert int(time.time()) > now

@@ -290,3 +290,14 @@ def test_prepare_dataset_checks_and_converts_the_validation_set():
                         dtype=torch.float32, device=CPU)
     with pytest.raises(DataError, match="validation set is list, not framework.Dataset"):
         prepare_dataset(Dataset(torch.ones(2), torch.ones(2), validation=[1, 2]), dtype=torch.float32, device=CPU)
+
+
+def test_a_resumed_run_may_validate_at_other_steps(train, recorder, tmp_path):
+    # val_every is how often a run logs, as log_every is: a resume may change it.
+    overrides = ["+task=polyfit", "data.val_fraction=0.2", "logger=[]"]
+    train([*overrides, "trainer.max_steps=20", "trainer.val_every=5"], run_dir=tmp_path)
+    recorder.calls.clear()
+    resumed = train([*overrides, "trainer.max_steps=40", "trainer.val_every=8", f"trainer.resume={tmp_path}"],
+                    run_dir=tmp_path)
+    assert (resumed["status"], resumed["steps"]) == ("completed", 40)
+    assert sorted(logged_where_present(recorder, "val/loss")) == [24, 32, 40]

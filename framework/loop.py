@@ -16,7 +16,7 @@ from framework.errors import FrameworkError, NonFiniteLossError, OutputError, Pl
 from framework.hook_calls import PLUGIN_FAILURES, call_every, call_hook
 from framework.outputs import PLUGIN_RESULT_FIELDS, finite_or_none, result_record, small_model_params, write_result
 from framework.standardize import in_original_units
-from framework.state import BuiltRun, LoopState, Progress
+from framework.state import BuiltRun, LoopState, Progress, is_periodic_step
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,8 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
             watch.add(loss)
             if call_step_end:
                 call_hook(hook, "framework_step_end", training, state=state, loss=loss)
-            # A stop that ends the run (a stop rule) logs its step, as the last step is logged;
-            # an interruption does not, so a resumed run's curve equals an uninterrupted one.
             step_number = progress.step
-            is_log_step = (step_number % log_every == 0 or step_number == 1 or step_number == max_steps
-                           or (stop.reason is not None and not stop.interrupted)
+            is_log_step = (is_periodic_step(step_number, log_every, max_steps, stop)
                            or (val_every and step_number % val_every == 0))
             is_checkpoint_step = checkpoint_every and step_number % checkpoint_every == 0
             if not (is_log_step or is_checkpoint_step or watch.due()):

@@ -82,6 +82,15 @@ class StopRequest:
         return self.reason is not None
 
 
+def is_periodic_step(step: int, every: int, max_steps: int, stop: StopRequest) -> bool:
+    """Whether ``step`` is one of those logged "every N steps" (``trainer.log_every``,
+    ``trainer.val_every``): step 1, every ``every`` steps, the last step, and the step where a
+    stop rule ends the run, as the last step would. Not the step of an interruption: a resumed
+    run then logs the steps an uninterrupted one does, and no step twice."""
+    return (step % every == 0 or step == 1 or step == max_steps
+            or (stop.reason is not None and not stop.interrupted))
+
+
 def random_states() -> dict[str, Any]:
     """The global generators' states: python, numpy (when installed), torch, and CUDA when used."""
     version, internal, gauss = random.getstate()

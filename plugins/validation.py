@@ -17,6 +17,7 @@ import logging
 import torch
 
 from framework import hookimpl
+from framework.state import is_periodic_step
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,10 @@ class Validation:
         self.val_every = val_every
 
     def is_validation_step(self, state, step: int) -> bool:
-        # The same rule as the loop's logging steps, so that a resumed run validates at the
-        # steps an uninterrupted one does.
-        if self.val_every is None:
-            return True
-        stop = state.progress.stop
-        return (step % self.val_every == 0 or step == 1 or step == state.run.max_steps
-                or (stop.reason is not None and not stop.interrupted))
+        # The loop's rule for logging steps, so that a resumed run validates at the steps an
+        # uninterrupted one does.
+        return self.val_every is None or is_periodic_step(step, self.val_every, state.run.max_steps,
+                                                          state.progress.stop)
 
     @hookimpl
     def framework_metrics(self, state, step, metrics):

@@ -34,6 +34,7 @@ import time
 import torch
 
 from framework import hookimpl
+from framework.loop import gradient_norm
 
 
 class LossStop:
@@ -92,22 +93,9 @@ class GradNormStop:
 
     @hookimpl
     def framework_step_end(self, state, loss):
-        value = float(gradient_norm(state))
+        value = gradient_norm(state.run, state.progress)
         if value < self.threshold:
             state.progress.stop.request(f"grad_norm {value:.3g} < {self.threshold:g}")
-
-
-def gradient_norm(state) -> torch.Tensor:
-    """The step's gradient norm, as ``train/grad_norm`` logs it: the clip's own pre-clipping
-    norm when the step clipped (no second computation), else computed from the gradients."""
-    if state.progress.grad_norm is not None:
-        return state.progress.grad_norm
-    grads = [p.grad for p in state.run.trainable.values() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    # get_total_norm's own computation for one device and dtype (the run's), without its
-    # grouping by device and dtype, which costs twice the rest on a small model.
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 class StepStop:

@@ -23,9 +23,9 @@ The plugin object is added to a fit only when the run can be such a problem
 
 from __future__ import annotations
 
-import torch
 
 from framework import hookimpl, may_be_least_squares, run_problem
+from framework.loop import data_loss
 
 GAP_TAG = "train/optimality_gap"
 
@@ -50,8 +50,7 @@ class OptimalityGap:
         if run.steps_per_epoch == 1:  # every step sees all the data
             loss = metrics["train/loss"]
         else:
-            with torch.no_grad():
-                loss = run.loss_fn(run.model(run.data.features), run.data.targets).item()
+            loss = data_loss(run, run.data)
         return {GAP_TAG: loss - self.optimal_loss}
 
     @hookimpl

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from framework import hookimpl
+from framework.loop import data_loss
 from framework.state import is_periodic_step
 
 log = logging.getLogger(__name__)
@@ -30,8 +29,7 @@ def validation_loss(run) -> float:
     was_training = model.training
     model.eval()  # dropout off, batch norm on its running statistics
     try:
-        with torch.no_grad():
-            return run.loss_fn(model(validation.features), validation.targets).item()
+        return data_loss(run, validation)
     finally:
         model.train(was_training)
 

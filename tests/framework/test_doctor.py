@@ -17,6 +17,7 @@ from framework.devices import resolve_device, resolve_dtype, seed_everything
 from framework.doctor import diagnose, local_largest_eigenvalue, step_rule
 from framework.errors import TrainingError
 from framework.run import checked_trainer
+from framework_plugins.sine_cubic_model import LegendreP3
 
 
 @pytest.fixture
@@ -279,13 +280,8 @@ def test_the_doctor_changes_no_parameter_gradient_or_random_stream(task, built):
     assert numpy.array_equal(numpy.random.get_state()[1], streams[2])
 
 
-class OnceDifferentiableP3(torch.autograd.Function):
+class OnceDifferentiableP3(LegendreP3):
     """P3 whose backward refuses to be differentiated: double backward loses the path through it."""
-
-    @staticmethod
-    def forward(ctx, z):
-        ctx.save_for_backward(z)
-        return 0.5 * (5 * z**3 - 3 * z)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework.data import Dataset, prepare_dataset, split_off_validation
 from framework.devices import default_dtype
 from framework.errors import ConfigError, FrameworkError, PluginError
+from framework.flat_parameters import can_flatten, flatten
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
 from framework.standardize import standardize_inputs
@@ -160,7 +161,13 @@ def build_state(
     loss_fn = shape_checked(call_factory(loss_component, loss_config))
 
     optimizer_component, optimizer_config = component_config(cfg.optimizer, "optimizer", registry)
-    optimizer = call_factory(optimizer_component, optimizer_config, params=list(trainable.values()))
+
+    def build_optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return call_factory(optimizer_component, optimizer_config, params=params)
+
+    optimizer = build_optimizer(list(trainable.values()))
+    if can_flatten(model, list(trainable.values()), optimizer):  # the same updates, cheaper
+        optimizer = flatten(build_optimizer, list(trainable.values()))
 
     scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)
     scheduler = call_factory(scheduler_component, scheduler_config, optimizer=optimizer, max_steps=max_steps)

@@ -78,6 +78,11 @@ class StandardizedInput(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.standardized((features - self.mean) / self.scale)
 
+    @property
+    def dense_gradients(self) -> bool:
+        """The wrapped model's (framework.flat_parameters): the wrapper adds no parameter."""
+        return getattr(self.standardized, "dense_gradients", False)
+
     def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The wrapped model's blocks at the standardized features (framework.least_squares)."""
         blocks = declared_blocks(self.standardized, (features - self.mean) / self.scale, self.model_name)

@@ -21,6 +21,8 @@ class LinearConfig:
 class Linear(torch.nn.Linear):
     """torch.nn.Linear whose parameters are drawn once, by the chosen initialisation only."""
 
+    dense_gradients = True  # weight and bias are in every forward (framework.flat_parameters)
+
     def __init__(self, in_features: int, out_features: int, bias: bool, init: str) -> None:
         torch.nn.Module.__init__(self)  # skip nn.Linear's own draw: it would shift the RNG stream
         self.in_features, self.out_features = in_features, out_features

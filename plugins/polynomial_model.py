@@ -24,6 +24,8 @@ class PolynomialConfig:
 class Polynomial(torch.nn.Module):
     """y = sum of coefficient * x**power over the terms, added left to right as written."""
 
+    dense_gradients = True  # every coefficient is in every forward (framework.flat_parameters)
+
     def __init__(self, names: list[str], powers: list[int], init: str) -> None:
         super().__init__()
         self.names, self.powers = list(names), list(powers)

@@ -1,0 +1,131 @@
+"""One flat tensor for the optimizer (framework.flat_parameters) gives every parameter exactly the
+values torch's optimizer gives the parameters one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework.flat_parameters import can_flatten, flatten
+
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
+    "sgd momentum nesterov wd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True,
+                                                               weight_decay=0.01),
+    "adam amsgrad": lambda params: torch.optim.Adam(params, lr=0.01, amsgrad=True),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.01),
+    "nadam": lambda params: torch.optim.NAdam(params, lr=0.01),
+    "radam": lambda params: torch.optim.RAdam(params, lr=0.01),
+    "rmsprop centered": lambda params: torch.optim.RMSprop(params, lr=0.01, centered=True, momentum=0.5),
+    "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.1),
+    "adamax": lambda params: torch.optim.Adamax(params, lr=0.01),
+}
+
+
+class Small(torch.nn.Module):
+    """Parameters of several shapes, all in every forward."""
+
+    dense_gradients = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.randn(()))
+        self.weight = torch.nn.Parameter(torch.randn(3, 2))
+        self.bias = torch.nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return self.scale * torch.tanh(x @ self.weight.T + self.bias)
+
+
+def data():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(16, 2, generator=generator), torch.randn(16, 3, generator=generator)
+
+
+def train(make_optimizer, dtype, *, flat: bool, clear=None, steps: int = 30):
+    torch.manual_seed(0)
+    model = Small().to(dtype)
+    x, y = (t.to(dtype) for t in data())
+    parameters = list(model.parameters())
+    if flat:
+        assert can_flatten(model, parameters, make_optimizer(parameters))
+        optimizer = flatten(make_optimizer, parameters)
+    else:
+        optimizer = make_optimizer(parameters)
+    for step in range(steps):
+        if clear is not None:
+            clear(model, optimizer, step)
+        else:
+            optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_flat_updates_equal_the_optimizer_over_each_parameter(name, dtype):
+    one_by_one = train(OPTIMIZERS[name], dtype, flat=False)
+    flat = train(OPTIMIZERS[name], dtype, flat=True)
+    assert one_by_one.keys() == flat.keys()
+    for key in one_by_one:
+        assert torch.equal(one_by_one[key], flat[key]), (name, key)
+    assert not torch.equal(one_by_one["weight"], train(OPTIMIZERS[name], dtype, flat=False, steps=0)["weight"])
+
+
+def set_to_none_by_the_model(model, optimizer, step):
+    model.zero_grad()  # sets every parameter's .grad to None: the flat gradient must still be filled
+
+
+def set_to_none_by_the_optimizer(model, optimizer, step):
+    optimizer.zero_grad(set_to_none=True)
+
+
+def replaced_by_assignment(model, optimizer, step):
+    optimizer.zero_grad()
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+
+
+@pytest.mark.parametrize("clear", [set_to_none_by_the_model, set_to_none_by_the_optimizer, replaced_by_assignment])
+def test_gradients_cleared_or_replaced_by_a_plugin_still_reach_the_update(clear):
+    expected = train(OPTIMIZERS["adam amsgrad"], torch.float32, flat=False)
+    got = train(OPTIMIZERS["adam amsgrad"], torch.float32, flat=True, clear=clear)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_parameters_stay_the_models_with_their_names_and_state_dict():
+    torch.manual_seed(0)
+    model = Small()
+    before = {name: p for name, p in model.named_parameters()}
+    optimizer = flatten(OPTIMIZERS["nadam"], list(model.parameters()))
+    assert dict(model.named_parameters()) == before  # the same Parameter objects
+    (flat,) = optimizer.param_groups[0]["params"]
+    assert flat.numel() == 1 + 6 + 3
+    with torch.no_grad():
+        flat.add_(1.0)  # an update of the flat tensor is an update of every parameter
+    state = model.state_dict()
+    assert torch.equal(torch.cat([state[name].reshape(-1) for name in ("scale", "weight", "bias")]), flat.detach())
+    model.load_state_dict({name: torch.zeros_like(value) for name, value in state.items()})
+    assert torch.count_nonzero(flat) == 0  # loading (a resume) writes into the flat tensor
+
+
+def test_only_what_is_exact_is_flattened():
+    torch.manual_seed(0)
+    model = Small()
+    parameters = list(model.parameters())
+    assert can_flatten(model, parameters, OPTIMIZERS["sgd"](parameters))
+    # LBFGS reduces over all parameters, and is not per element in torch's sense
+    assert not can_flatten(model, parameters, torch.optim.LBFGS(parameters))
+
+    class MySGD(torch.optim.SGD):  # a subclass may update differently
+        pass
+
+    assert not can_flatten(model, parameters, MySGD(parameters, lr=0.1))
+    assert not can_flatten(model, parameters[:1], OPTIMIZERS["sgd"](parameters[:1]))  # nothing to gain
+    undeclared = torch.nn.Linear(2, 3)  # may leave a parameter out of a forward: torch would skip it
+    assert not can_flatten(undeclared, list(undeclared.parameters()), OPTIMIZERS["sgd"](list(undeclared.parameters())))
+    model.bias.data = model.bias.data.double()
+    assert not can_flatten(model, parameters, OPTIMIZERS["sgd"](parameters))  # mixed dtypes

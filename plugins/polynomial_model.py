@@ -29,17 +29,33 @@ class Polynomial(torch.nn.Module):
     def __init__(self, names: list[str], powers: list[int], init: str) -> None:
         super().__init__()
         self.names, self.powers = list(names), list(powers)
+        self._powers: tuple[torch.Tensor, int, dict[int, torch.Tensor]] | None = None  # see powers_of
         for name in self.names:
             self.register_parameter(name, torch.nn.Parameter(initial_values(init, (), setting="model.init")))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features
+        powers = self.powers_of(features)
         y = None
         for name, power in zip(self.names, self.powers):
             coefficient = getattr(self, name)
-            term = coefficient if power == 0 else coefficient * x if power == 1 else coefficient * x**power
+            term = coefficient if power == 0 else coefficient * x if power == 1 else coefficient * powers[power]
             y = term if y is None else y + term
         return y.expand_as(x) if y.dim() == 0 else y
+
+    def powers_of(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
+        """x**power for the powers above 1, kept while the same unchanged features come back:
+        a full-batch fit passes the same tensor every step, and the powers were a quarter of
+        polyfit's step. They are the values computing them afresh gives, so the fit is unchanged."""
+        cached = self._powers
+        if cached is not None and cached[0] is features and cached[1] == features._version:
+            return cached[2]
+        powers = {power: features**power for power in self.powers if power > 1}
+        # Plain tensors only: features that carry a graph (a derivative in x) or no version
+        # counter (inference mode) are not kept.
+        if type(features) is torch.Tensor and not features.requires_grad and not features.is_inference():
+            self._powers = (features, features._version, powers)
+        return powers
 
     def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Linear in its coefficients: each one's column is x**power (framework.least_squares)."""

@@ -8,7 +8,7 @@ import torch
 from framework import ConfigError, Dataset
 from framework.gradcheck import check_all, check_function
 from framework_plugins.linear_model import Linear, LinearConfig, build_linear
-from framework_plugins.polynomial_model import PolynomialConfig, build_polynomial
+from framework_plugins.polynomial_model import Polynomial, PolynomialConfig, build_polynomial
 from framework_plugins.sine_cubic_model import LegendreP3, SineCubicConfig, build_sine_cubic
 
 ONE_COLUMN = Dataset(torch.zeros(5, 1), torch.zeros(5, 1))
@@ -109,3 +109,21 @@ def test_gradcheck_command_passes(tmp_path):
     done = subprocess.run([sys.executable, "-m", "framework.gradcheck"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "legendre_p3" in done.stdout
+
+
+def test_polynomial_powers_are_kept_only_while_the_features_are_unchanged():
+    model = Polynomial(["A", "B", "C"], [2, 1, 0], "randn")
+    x = torch.randn(20, 1)
+
+    def fresh(features):  # computed afresh, the way the model's terms are written
+        return model.A * features**2 + model.B * features + model.C
+
+    assert torch.equal(model(x), fresh(x))
+    assert model.powers_of(x) is model.powers_of(x)  # the same x: kept
+    x.mul_(2)  # changed in place: computed again
+    assert torch.equal(model(x), fresh(x))
+    other = torch.randn(5, 1)
+    assert torch.equal(model(other), fresh(other))
+    x_with_graph = torch.randn(4, 1, requires_grad=True)  # a derivative in x goes through the powers
+    (grad,) = torch.autograd.grad(model(x_with_graph).sum(), x_with_graph)
+    assert torch.allclose(grad, 2 * model.A.detach() * x_with_graph.detach() + model.B.detach())

@@ -35,6 +35,10 @@ TRACED_FUNCTION = "__framework_traced__"
 HOOK_NAMES = tuple(name for name in vars(hookspecs) if name.startswith("framework_"))
 
 
+# The clock the timers read (a test gives a fake one).
+CLOCK = time.perf_counter
+
+
 def trace_enabled(environ: dict[str, str] | None = None) -> bool:
     """FRAMEWORK_TRACE is set to anything but empty or 0."""
     return (os.environ if environ is None else environ).get(TRACE_ENV, "") not in ("", "0")
@@ -61,7 +65,7 @@ class Timing:
 
 def _timed(function: Callable, timing: Timing) -> Callable:
     """``function`` with its calls counted and timed into ``timing``."""
-    clock = time.perf_counter
+    clock = CLOCK
 
     @functools.wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -71,6 +75,45 @@ def _timed(function: Callable, timing: Timing) -> Callable:
         finally:
             timing.total_s += clock() - started
             timing.calls += 1
+
+    setattr(timed, TRACED_FUNCTION, function)
+    return timed
+
+
+def _timed_wrapper(function: Callable, timing: Timing) -> Callable:
+    """A wrapper implementation (``wrapper=True`` or ``hookwrapper=True``, a generator function)
+    timed while its own code runs, before its yield and after it, not while the implementations
+    it wraps run. pluggy drives it with next(), send(), throw() and close(): each is passed on."""
+    clock = CLOCK
+
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = clock()
+        try:
+            inner = function(*args, **kwargs)
+            sent = next(inner)
+        except StopIteration as stop:  # no yield: pluggy says so when this one stops too
+            return stop.value
+        finally:
+            timing.total_s += clock() - started
+            timing.calls += 1
+        while True:
+            try:
+                received = yield sent
+            except GeneratorExit:
+                inner.close()
+                raise
+            except BaseException as error:  # a wrapped implementation failed: the wrapper sees it
+                resume = functools.partial(inner.throw, error)
+            else:
+                resume = functools.partial(inner.send, received)
+            started = clock()
+            try:
+                sent = resume()
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                timing.total_s += clock() - started
 
     setattr(timed, TRACED_FUNCTION, function)
     return timed
@@ -90,12 +133,12 @@ class HookTrace:
         self._print(self.listing())
         for hook_name in HOOK_NAMES:
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
-                if impl.hookwrapper or impl.wrapper:
-                    continue  # a generator: timing the call would time only its creation
                 timing = Timing(hook_name, impl.plugin_name)
                 self.timings.append(timing)
                 self._wrapped.append((impl, impl.function))
-                impl.function = _timed(impl.function, timing)
+                # A wrapper is a generator function: calling it only makes the generator.
+                timer = _timed_wrapper if impl.hookwrapper or impl.wrapper else _timed
+                impl.function = timer(impl.function, timing)
         return self
 
     def finish(self) -> None:
@@ -117,7 +160,7 @@ class HookTrace:
             lines.append(f"  {hook_name}:")
             width = max(len(impl.plugin_name) for impl in impls)
             for number, impl in enumerate(impls, 1):
-                note = " (wrapper, not timed)" if impl.hookwrapper or impl.wrapper else ""
+                note = " (wrapper)" if impl.hookwrapper or impl.wrapper else ""
                 lines.append(f"    {number:>2}. {impl.plugin_name:<{width}}  {self.manager.distribution(impl.plugin_name)}{note}")
         return "\n".join(lines)
 

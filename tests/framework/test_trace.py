@@ -10,6 +10,7 @@ import time
 import pytest
 
 import framework
+import framework.trace
 from framework import hookimpl
 from framework.errors import PluginError
 from framework.markers import TRACE_ENV
@@ -61,15 +62,28 @@ class HookSnapshot:
             self.functions[hook_name] = [(impl.function, impl.plugin, impl.plugin_name) for impl in impls]
 
 
+class FakeClock:
+    """A clock that moves only when told to: timings a test can predict exactly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Slow:
     """A third-party style plugin that sleeps at every step end."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, sleep=time.sleep) -> None:
+        self.seconds, self.sleep = seconds, sleep
 
     @hookimpl
     def framework_step_end(self, state, loss):
-        time.sleep(self.seconds)
+        self.sleep(self.seconds)
 
     @hookimpl
     def framework_fit_end(self, state, result):  # called through call_every, not pluggy
@@ -208,3 +222,73 @@ def test_each_job_of_a_sweep_prints_both_blocks(tmp_path):
     assert len(jobs) == 2
     for job in jobs:  # each job's blocks say which run they are about
         assert f"{LISTING} (run {job})" in done.stderr
+
+
+class Wrapping:
+    """pluggy wrappers, new style and old style: each sees the wrapped implementations' results,
+    and the new-style one their failure."""
+
+    def __init__(self, seconds: float, sleep=time.sleep) -> None:
+        self.seconds, self.sleep = seconds, sleep
+        self.step_results: list[object] = []
+        self.log_results: list[object] = []
+        self.failures: list[BaseException] = []
+
+    @hookimpl(wrapper=True)
+    def framework_step_end(self, state, loss):
+        self.sleep(self.seconds)  # its own time: before the wrapped implementations run
+        try:
+            result = yield
+        except RuntimeError as failure:
+            self.failures.append(failure)
+            raise
+        self.step_results.append(result)
+        return result
+
+    @hookimpl(hookwrapper=True)
+    def framework_log(self, state, step, metrics):
+        outcome = yield
+        self.log_results.append(outcome.get_result())
+
+
+class Answering:
+    @hookimpl
+    def framework_step_end(self, state, loss):
+        return state.progress.step
+
+    @hookimpl
+    def framework_log(self, state, step, metrics):
+        return step
+
+
+def test_wrappers_are_timed_for_their_own_code_and_still_wrap(traced, manager, recorder, train, tmp_path, capsys,
+                                                              monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(framework.trace, "CLOCK", clock)
+    manager.register_plugin(Slow(seconds=0.02, sleep=clock.sleep), "slow_plugin", "test")
+    manager.register_plugin(Answering(), "answering", "test")
+    wrapping = Wrapping(seconds=0.001, sleep=clock.sleep)
+    manager.register_plugin(wrapping, "wrapping", "test")
+    steps = 4
+    train(["+task=linear", f"trainer.max_steps={steps}", "trainer.log_every=2", "logger=[]"], run_dir=tmp_path)
+    stderr = capsys.readouterr().err
+
+    assert wrapping.step_results == [[step] for step in range(1, steps + 1)]
+    logged_steps = list(recorder.logged("train/loss"))
+    assert wrapping.log_results == [[step] for step in logged_steps]
+    assert ("wrapping", "no distribution: test (wrapper)") == listing_of(stderr)["framework_step_end"][0]
+    rows = {(row["hook"], row["plugin"]): row for row in report_of(stderr)}
+    assert rows[("framework_step_end", "wrapping")]["calls"] == str(steps)
+    assert rows[("framework_log", "wrapping")]["calls"] == str(len(logged_steps))
+    # The wrapper's own time, without the slow implementation it wraps.
+    assert float(rows[("framework_step_end", "wrapping")]["total_ms"]) == pytest.approx(steps * 1.0)
+    assert float(rows[("framework_step_end", "slow_plugin")]["total_ms"]) == pytest.approx(steps * 20.0)
+
+
+def test_a_plugin_failing_inside_a_wrapper_is_named_when_traced(traced, manager, train, tmp_path):
+    manager.register_plugin(Failing("framework_step_end"), "broken", "test")
+    wrapping = Wrapping(seconds=0)
+    manager.register_plugin(wrapping, "wrapping", "test")
+    with pytest.raises(PluginError, match="plugin 'broken' failed in framework_step_end.*boom"):
+        train(["+task=linear", "trainer.max_steps=3", "logger=[]"], run_dir=tmp_path)
+    assert [str(failure) for failure in wrapping.failures] == ["boom"]

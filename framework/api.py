@@ -27,7 +27,7 @@ from framework.errors import ConfigError
 from framework.locations import config_dir
 from framework.markers import hookimpl
 from framework.outputs import RESULT_FILE
-from framework.plugin_manager import build_registry, create_plugin_manager
+from framework.plugin_manager import BUILTIN, build_registry, create_plugin_manager
 from framework.registry import Registry
 from framework.resume import hydra_value, run_folder_overrides
 from framework.schema import named_schema, null_group_overrides, store_configs
@@ -81,7 +81,7 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
     store_configs(registry)
     register_resolvers()
     keep = _KeepModel()
-    manager.register_plugin(keep, "framework.api", "framework.train")
+    manager.register_plugin(keep, "framework.api", "framework.train", BUILTIN)
     outcome: dict[str, Any] = {}
 
     def job(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from framework.errors import FrameworkError, PluginError
+from framework.trace import plugin_function
 
 # What a plugin may raise that must not end the process as it stands: SystemExit(0) from a plugin
 # would exit 0 and end a sweep early. KeyboardInterrupt stays an interruption.
@@ -25,10 +26,11 @@ def failed_plugin(hook_caller: Any, error: BaseException) -> str | None:
     plugin's own instance: two plugins may be instances of one class)."""
     owners: dict[Any, list[tuple[Any, str]]] = {}
     for impl in hook_caller.get_hookimpls():
-        function = getattr(impl.function, "__func__", impl.function)
+        own = plugin_function(impl)  # not FRAMEWORK_TRACE's timer, which every implementation shares
+        function = getattr(own, "__func__", own)
         code = getattr(function, "__code__", None)
         if code is not None:
-            owners.setdefault(code, []).append((getattr(impl.function, "__self__", None), impl.plugin_name))
+            owners.setdefault(code, []).append((getattr(own, "__self__", None), impl.plugin_name))
     found = None
     traceback = error.__traceback__
     while traceback is not None:

@@ -46,6 +46,9 @@ BUILTIN_PLUGINS = (
 )
 
 
+BUILTIN = "built-in"  # the distribution of the plugins in plugins/ and of the framework's own
+
+
 class PluginManager(pluggy.PluginManager):
     """A pluggy manager that remembers where each plugin came from, for error messages."""
 
@@ -53,13 +56,17 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(PROJECT)
         self.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}
+        # Which distribution each plugin comes from: BUILTIN for ours, else "name version".
+        self.distributions: dict[str, str] = {}
 
-    def register_plugin(self, plugin: Any, name: str, origin: str) -> None:
+    def register_plugin(self, plugin: Any, name: str, origin: str, distribution: str | None = None) -> None:
         try:
             self.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as error:
             raise PluginError(f"plugin {name!r} ({origin}) cannot be registered: {error}") from error
         self.origins[name] = origin
+        if distribution is not None:
+            self.distributions[name] = distribution
 
     def check_hooks(self) -> None:
         """Refuse hook implementations that match no specification (a misspelt hook name)."""
@@ -73,6 +80,11 @@ class PluginManager(pluggy.PluginManager):
 
     def describe(self, name: str) -> str:
         return f"{name!r} ({self.origins.get(name, 'registered at run time')})"
+
+    def distribution(self, name: str) -> str:
+        """``built-in``, ``name version`` of the installed distribution, or, for a plugin that
+        came from neither (one a script registered), where it came from."""
+        return self.distributions.get(name) or f"no distribution: {self.origins.get(name, 'registered at run time')}"
 
 
 def disabled_plugins(environ: dict[str, str] | None = None) -> set[str]:
@@ -112,7 +124,7 @@ def create_plugin_manager(
             continue
         module_name = f"{BUILTIN_PACKAGE}.{name}"
         module = _import_plugin(functools.partial(importlib.import_module, module_name), name, "built-in")
-        manager.register_plugin(module, name, f"built-in, {module_name}")
+        manager.register_plugin(module, name, f"built-in, {module_name}", BUILTIN)
 
     if load_entry_points:
         for entry_point, distribution in _entry_points():
@@ -125,7 +137,7 @@ def create_plugin_manager(
                     f"{manager.describe(entry_point.name)}"
                 )
             plugin = _import_plugin(entry_point.load, entry_point.name, origin)
-            manager.register_plugin(plugin, entry_point.name, origin)
+            manager.register_plugin(plugin, entry_point.name, origin, distribution)
 
     manager.check_hooks()
     return manager

@@ -140,6 +140,10 @@ class Registry:
                 f"unknown {kind} {name!r}; available: {', '.join(self.names(kind)) or 'none'}"
             ) from None
 
+    def plugin(self, kind: str, name: str) -> str:
+        """The name of the plugin that provided a registered component ("" if not told)."""
+        return self._plugins.get((kind, name), "")
+
     def names(self, kind: str) -> list[str]:
         return sorted(name for k, name in self._components if k == kind)
 

@@ -22,6 +22,7 @@ from framework.registry import PER_FIT_KINDS, Registry
 from framework.resume import resume_command, resume_from, warm_start
 from framework.schema import TrainerConfig, loss_tolerance, unknown_keys
 from framework.signals import Interrupted, stop_on_signals
+from framework.trace import trace_fit
 
 log = logging.getLogger("framework")
 
@@ -77,6 +78,7 @@ def run_training(
     started = time.perf_counter()
     device = "unknown"
     registered = []
+    trace = None
     try:
         try:
             trainer = checked_trainer(cfg)
@@ -86,14 +88,18 @@ def run_training(
             for kind in PER_FIT_KINDS:
                 for name, plugin in build_per_fit(kind, cfg, registry, run_dir=run_dir,
                                                   overrides=overrides or []).items():
-                    manager.register_plugin(plugin, f"{kind}.{name}", f"{kind} component")
+                    provider = registry.plugin(kind, cfg[kind][name].name)
+                    manager.register_plugin(plugin, f"{kind}.{name}", f"{kind} component",
+                                            manager.distributions.get(provider))
                     registered.append(f"{kind}.{name}")
             for provider, objects in call_each(manager, "framework_fit_plugins", state=state):
                 for plugin in objects or ():
                     name = f"{provider}.{type(plugin).__name__}"
-                    manager.register_plugin(plugin, name, f"added for this fit by plugin {provider}")
+                    manager.register_plugin(plugin, name, f"added for this fit by plugin {provider}",
+                                            manager.distributions.get(provider))
                     registered.append(name)
             manager.check_hooks()
+            trace = trace_fit(manager, run_dir)  # None, and nothing wrapped, unless FRAMEWORK_TRACE is set
             if trainer.resume is not None:
                 resume_from(state, trainer.resume, manager)
             elif trainer.init_from is not None:
@@ -121,5 +127,7 @@ def run_training(
             raise Interrupted(stop.signal, message)
         return result
     finally:
+        if trace is not None:
+            trace.finish()
         for name in registered:
             manager.unregister(name=name)

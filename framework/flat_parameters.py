@@ -17,7 +17,8 @@ Two things would break that sharing, and both are taken care of:
 - ``optimizer.zero_grad()`` sets gradients to None by default: the optimizer's zero_grad here
   zeroes the flat gradient in place instead;
 - a step plugin or callback that sets a parameter's ``.grad`` itself (``model.zero_grad()``,
-  an assignment): before every update a pre-hook puts any such gradient back into the flat one.
+  an assignment): before every update (after the closure, when ``step`` is given one) any such
+  gradient is put back into the flat one.
 
 Only models that say every parameter gets a gradient from every forward pass are flattened
 (:data:`DENSE_GRADIENTS`): torch's optimizers skip a parameter whose gradient is None, while the
@@ -25,6 +26,8 @@ flat tensor's would hold zeros, which moves it under momentum or weight decay.
 """
 
 from __future__ import annotations
+
+import types
 
 import torch
 
@@ -80,7 +83,7 @@ class FlatParameters:
         """The optimizer's zero_grad: in place, whatever was asked, so the views stay shared."""
         self.gradient.zero_()
 
-    def gather(self, optimizer=None, args=None, kwargs=None) -> None:
+    def gather(self) -> None:
         """Before each update: put back into the flat gradient any gradient a plugin replaced."""
         if self.flat.grad is not self.gradient:
             self.flat.grad = self.gradient
@@ -100,5 +103,21 @@ def flatten(optimizer_factory, parameters: list[torch.nn.Parameter]) -> torch.op
     flat = FlatParameters(parameters)
     optimizer = optimizer_factory([flat.flat])
     optimizer.zero_grad = flat.zero_grad
-    optimizer.register_step_pre_hook(flat.gather)
+    update = optimizer.step
+
+    # Not a step pre-hook: those run before the closure that computes the gradients. A bound
+    # method, as learning-rate schedulers expect of optimizer.step (they wrap its __func__).
+    def step(self, closure=None):
+        if closure is None:
+            flat.gather()
+            return update()
+
+        def closure_then_gather():
+            loss = closure()
+            flat.gather()
+            return loss
+
+        return update(closure_then_gather)
+
+    optimizer.step = types.MethodType(step, optimizer)
     return optimizer

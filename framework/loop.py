@@ -22,20 +22,32 @@ log = logging.getLogger(__name__)
 
 
 class LossWatch:
-    """Reads step losses back from the device in batches, and stops at the first non-finite one.
+    """Reads step losses back from the device, and stops at the first non-finite one.
 
     Reading a loss (``.item()``) synchronises with the device. On the CPU that is free, so every
-    step is read; on a GPU losses wait on the device for up to ``read_every`` steps (a logging
-    step reads them at once). Either way the first non-finite loss is reported with its own step
-    number; on a GPU the loop may have run up to ``read_every - 1`` steps past it by then.
+    step's loss is read as it comes (:meth:`add`); on a GPU losses wait on the device for up to
+    ``read_every`` steps (a logging step reads them at once). Either way the first non-finite
+    loss is reported with its own step number; on a GPU the loop may have run up to
+    ``read_every - 1`` steps past it by then.
     """
 
     def __init__(self, progress: Progress, read_every: int) -> None:
         self.progress = progress
         self.read_every = read_every
         self.pending: list[torch.Tensor] = []
+        if read_every > 1:
+            self.add = self.pending_add
 
     def add(self, loss: torch.Tensor) -> None:
+        """Read the step's loss now (read_every 1: the CPU)."""
+        value = loss.item()
+        progress = self.progress
+        if not math.isfinite(value):
+            raise NonFiniteLossError(progress.step, value, progress.last_loss, progress.last_loss_step)
+        progress.last_loss, progress.last_loss_step = value, progress.step
+
+    def pending_add(self, loss: torch.Tensor) -> None:
+        """Keep the step's loss on the device until :meth:`read` (read_every > 1: a GPU)."""
         self.pending.append(loss.detach())
 
     def due(self) -> bool:
@@ -44,6 +56,8 @@ class LossWatch:
     def read(self) -> float:
         """Read pending losses; raise at the first non-finite one; return the latest."""
         progress = self.progress
+        if not self.pending:
+            return progress.last_loss
         first_step = progress.step - len(self.pending) + 1
         values = [self.pending[0].item()] if len(self.pending) == 1 else torch.stack(self.pending).tolist()
         self.pending.clear()
@@ -146,44 +160,54 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
         val_every = run.trainer.val_every or 0
         watch = LossWatch(progress, 1 if run.device.type == "cpu" else min(log_every, MAX_PENDING_LOSSES))
         call_hook(hook, "framework_fit_start", training, state=state)
+        # The hot path: a step that neither logs nor saves costs the step, a counter and a few
+        # comparisons (bench/run.py measures it against the plain loop).
+        full_batch = run.steps_per_epoch == 1
+        if full_batch:  # the same tensors every step (framework.batches)
+            features, targets = run.data.features, run.data.targets
+        pending, read_every = watch.pending, watch.read_every
+        add_loss = watch.add
 
-        while stop.reason is None:
-            if progress.step >= max_steps:
-                stop.request(run.limit_reason)
-                break
-            features, targets = next_batch(run, progress)
-            try:
-                loss = step(features, targets)
-            except FrameworkError:
-                raise
-            except PLUGIN_FAILURES as caught:  # the step is a plugin's: a SystemExit too
-                raise StepError(state, caught) from caught
-            progress.step += 1
-            if scheduler is not None:
-                scheduler.step()
-            watch.add(loss)
-            if call_step_end:
-                call_hook(hook, "framework_step_end", training, state=state, loss=loss)
-            step_number = progress.step
-            is_log_step = (is_periodic_step(step_number, log_every, max_steps, stop)
-                           or (val_every and step_number % val_every == 0))
-            is_checkpoint_step = checkpoint_every and step_number % checkpoint_every == 0
-            if not (is_log_step or is_checkpoint_step or watch.due()):
-                continue
-            loss_value = watch.read()  # before a checkpoint too: it holds no unchecked loss
-            if call_log and is_log_step:
-                metrics = {
-                    "train/loss": loss_value,
-                    "train/lr": float(run.optimizer.param_groups[0]["lr"]),
-                    "train/grad_norm": gradient_norm(run, progress),
-                }
-                if call_metrics:
-                    metrics = with_plugin_metrics(hook, training, state, step_number, metrics)
-                call_hook(hook, "framework_log", training, state=state, step=step_number, metrics=metrics)
-            if is_checkpoint_step:
-                checkpointer.save(state)
-        if watch.pending:  # an interruption between reads (GPU): check what the last steps gave
-            watch.read()
+        with torch.enable_grad():  # the step's backward needs it, whatever the caller set
+            while stop.reason is None:
+                if progress.step >= max_steps:
+                    stop.request(run.limit_reason)
+                    break
+                if full_batch:
+                    progress.epoch += 1
+                else:
+                    features, targets = next_batch(run, progress)
+                try:
+                    loss = step(features, targets)
+                except FrameworkError:
+                    raise
+                except PLUGIN_FAILURES as caught:  # the step is a plugin's: a SystemExit too
+                    raise StepError(state, caught) from caught
+                progress.step = step_number = progress.step + 1
+                if scheduler is not None:
+                    scheduler.step()
+                add_loss(loss)
+                if call_step_end:
+                    call_hook(hook, "framework_step_end", training, state=state, loss=loss)
+                is_log_step = (is_periodic_step(step_number, log_every, max_steps, stop)
+                               or (val_every and step_number % val_every == 0))
+                is_checkpoint_step = checkpoint_every and step_number % checkpoint_every == 0
+                if not (is_log_step or is_checkpoint_step or len(pending) >= read_every):
+                    continue
+                loss_value = watch.read()  # before a checkpoint too: it holds no unchecked loss
+                if call_log and is_log_step:
+                    metrics = {
+                        "train/loss": loss_value,
+                        "train/lr": float(run.optimizer.param_groups[0]["lr"]),
+                        "train/grad_norm": gradient_norm(run, progress),
+                    }
+                    if call_metrics:
+                        metrics = with_plugin_metrics(hook, training, state, step_number, metrics)
+                    call_hook(hook, "framework_log", training, state=state, step=step_number, metrics=metrics)
+                if is_checkpoint_step:
+                    checkpointer.save(state)
+            if watch.pending:  # an interruption between reads (GPU): check what the last steps gave
+                watch.read()
     except KeyboardInterrupt as caught:  # no handler turned the signal into a stop request
         status, error = "interrupted", caught
         stop.replace("interrupted", signal=signal.SIGINT)

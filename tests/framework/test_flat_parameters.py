@@ -42,7 +42,7 @@ def data():
     return torch.randn(16, 2, generator=generator), torch.randn(16, 3, generator=generator)
 
 
-def train(make_optimizer, dtype, *, flat: bool, clear=None, steps: int = 30):
+def train(make_optimizer, dtype, *, flat: bool, clear=None, steps: int = 30, with_closure: bool = False):
     torch.manual_seed(0)
     model = Small().to(dtype)
     x, y = (t.to(dtype) for t in data())
@@ -53,13 +53,20 @@ def train(make_optimizer, dtype, *, flat: bool, clear=None, steps: int = 30):
     else:
         optimizer = make_optimizer(parameters)
     for step in range(steps):
-        if clear is not None:
-            clear(model, optimizer, step)
+        def closure():
+            if clear is not None:
+                clear(model, optimizer, step)
+            else:
+                optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        if with_closure:
+            optimizer.step(closure)
         else:
-            optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
+            closure()
+            optimizer.step()
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
@@ -88,10 +95,11 @@ def replaced_by_assignment(model, optimizer, step):
         parameter.grad = torch.zeros_like(parameter)
 
 
+@pytest.mark.parametrize("with_closure", [False, True], ids=["step()", "step(closure)"])
 @pytest.mark.parametrize("clear", [set_to_none_by_the_model, set_to_none_by_the_optimizer, replaced_by_assignment])
-def test_gradients_cleared_or_replaced_by_a_plugin_still_reach_the_update(clear):
-    expected = train(OPTIMIZERS["adam amsgrad"], torch.float32, flat=False)
-    got = train(OPTIMIZERS["adam amsgrad"], torch.float32, flat=True, clear=clear)
+def test_gradients_cleared_or_replaced_by_a_plugin_still_reach_the_update(clear, with_closure):
+    expected = train(OPTIMIZERS["adam amsgrad"], torch.float32, flat=False, with_closure=with_closure)
+    got = train(OPTIMIZERS["adam amsgrad"], torch.float32, flat=True, clear=clear, with_closure=with_closure)
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
 

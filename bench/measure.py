@@ -9,11 +9,13 @@ trained (:class:`Outcome`), so a broken side is caught rather than reported as f
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,24 +221,23 @@ class ProcessRun:
     output: str
 
 
+LAUNCHER = Path(__file__).resolve().parent / "launch.py"
+
+
 def run_process(command: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> ProcessRun:
-    """Start ``command``, wait for it with ``os.wait4`` so the rusage is this child's alone (not
-    the sum over every child so far, as RUSAGE_CHILDREN gives), and return its wall time, peak
-    memory, exit status and output (stdout and stderr, kept in a file so a full pipe never
-    stalls the child)."""
+    """Run ``command`` (its first word an absolute path) through bench/launch.py, which waits
+    for it with ``os.wait4`` and reports this child's own wall time and peak memory (launch.py
+    says why a launcher), and return them with the exit status and the output (stdout and
+    stderr, kept in a file so a full pipe never stalls the child)."""
     log_path = Path(cwd) / f".bench_output_{os.getpid()}_{time.monotonic_ns()}.txt"
-    with open(log_path, "w+b") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        output = log.read().decode(errors="replace")
+    launched = subprocess.run([sys.executable, str(LAUNCHER), str(log_path), *command], cwd=cwd, env=env,
+                              check=True, capture_output=True, text=True)
+    report = json.loads(launched.stdout)
+    output = log_path.read_text(errors="replace")
     log_path.unlink()
     # ru_maxrss is in KiB on Linux (bytes on macOS).
-    peak = usage.ru_maxrss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
-    return ProcessRun(seconds, peak, process.returncode, output)
+    peak = report["maxrss_kib"] / (1024 * 1024 if platform.system() == "Darwin" else 1024)
+    return ProcessRun(report["seconds"], peak, report["returncode"], output)
 
 
 # ------------------------------------------------------------------------------------------------

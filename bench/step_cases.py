@@ -109,7 +109,7 @@ def w1_polyfit(framework: FrameworkSide, settings: Settings) -> list[Row]:
     return logging_case(
         "w1", "W1 polyfit", "polyfit", plain_loops.polyfit,
         "tutorial loop: X = [x², x, 1] (20 rows), one (3,1) weight, NAdam lr 0.01, MSE",
-        framework, settings, steps=1000, repeats=7,
+        framework, settings, steps=1000, repeats=5,
         # X @ w and A·x² + B·x + C round differently in float32: after 2000 NAdam steps the
         # parameters agree to about 1e-5.
         rtol=1e-3, atol=1e-3)
@@ -213,7 +213,7 @@ def reference_tasks(framework: FrameworkSide, settings: Settings) -> list[Row]:
             overrides = [f"+task={task}", "trainer.device=cpu", *extra]
             sides.append(Side(variant, f"python -m framework {' '.join(overrides)}",
                               whole_framework_fit(framework, overrides, task, run_folder), method="direct"))
-        timed = interleaved(sides, 1, settings.times(5), settings.warmups)
+        timed = interleaved(sides, 1, settings.times(3), settings.warmups)
         for side in sides[1:]:
             check = trained_check(timed[side.label]["outcome"], timed["plain"]["outcome"], rtol=0, atol=0)
             rows.append(row_from("tasks", f"task {task}, whole fit, {side.label}", timed, side, plain_side,

@@ -50,8 +50,8 @@ class FitWindow:
         synchronize(state.run.device)
         self.ended = time.perf_counter()
 
-    @property
     def seconds(self) -> float:
+        # A method, not a property: pluggy reads every attribute of a plugin as it registers it.
         return self.ended - self.started
 
 
@@ -104,7 +104,7 @@ class FrameworkSide:
         if result["status"] != "completed":
             raise RuntimeError(f"the framework's fit of {list(overrides)} ended {result['status']}: {result.get('error')}")
         outcome = Outcome(final_loss=result["final_loss"], params=flat_params(result["params"] or {}))
-        return self.window.seconds, outcome, result
+        return self.window.seconds(), outcome, result
 
     def whole_fit(self, overrides: Sequence[str], *, task: str | None, run_folder: bool) -> tuple[float, Outcome]:
         """One fit timed whole, from building the run to result.json and the loggers' last

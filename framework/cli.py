@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from framework import schema_cache
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
 from framework.errors import user_message
@@ -60,8 +61,11 @@ def main() -> None:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
         sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:])))]
+        cache = schema_cache.current()  # its key is taken before the plugins are imported
         manager = create_plugin_manager()
         registry = build_registry(manager)
+        if cache is not None:
+            cache.save(registry, manager)  # only if stale: the next --help needs no plugin
         store_configs(registry)
         failed_run: list[Exception] = []  # a single run's error, raised once Hydra is done
 

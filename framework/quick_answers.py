@@ -292,10 +292,12 @@ def _defaults(entries: Any, prefix: str) -> dict[str, Any] | None:
         if not isinstance(entry, dict) or len(entry) != 1:
             return None
         (key, value), = entry.items()
-        if key.startswith(prefix) and key[len(prefix):] in KINDS:
-            choices[key[len(prefix):]] = value
-        elif any(kind in key for kind in KINDS):
+        group = key.split()[-1].lstrip("/").partition("@")[0]  # [optional|override] [/]group[@package]
+        if group not in KINDS:
+            continue
+        if key != prefix + group:
             return None
+        choices[group] = value
     return choices
 
 

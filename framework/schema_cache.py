@@ -218,8 +218,13 @@ def describe_class(config: type) -> dict:
     return {"name": config.__name__, "qualname": config.__qualname__, "module": config.__module__, "fields": fields}
 
 
-def rebuild_class(description: dict) -> type:
-    """A dataclass with the described names and fields (the same types, defaults and order)."""
+def rebuild_class(description: dict, *, methods: bool = True) -> type:
+    """A dataclass with the described names and fields (the same types, defaults and order).
+
+    ``methods=False`` generates no ``__init__``, ``__repr__`` or ``__eq__``, most of
+    make_dataclass's cost: Hydra and OmegaConf read a component's config class, never make one
+    (a nested config is made by its field's default_factory, so it keeps them).
+    """
     fields = []
     for item in description["fields"]:
         if "default" in item:
@@ -229,7 +234,7 @@ def rebuild_class(description: dict) -> type:
         else:
             spec = dataclasses.field()
         fields.append((item["name"], rebuild_type(item["type"]), spec))
-    rebuilt = dataclasses.make_dataclass(description["name"], fields)
+    rebuilt = dataclasses.make_dataclass(description["name"], fields, init=methods, repr=methods, eq=methods)
     rebuilt.__qualname__ = description["qualname"]
     rebuilt.__module__ = description["module"]
     return rebuilt
@@ -270,7 +275,7 @@ class SchemaCache:
         if not self.fresh:
             return None
         try:
-            return [CachedComponent(item["kind"], item["name"], rebuild_class(item["config"]))
+            return [CachedComponent(item["kind"], item["name"], rebuild_class(item["config"], methods=False))
                     for item in self.stored["components"]]
         except Exception:  # a cache written by hand or by another version: ignored
             return None
@@ -279,22 +284,29 @@ class SchemaCache:
         """Write the cache from a full run's registry, if it is stale; never an error."""
         if self.fresh:
             return
-        from framework.schema import FrameworkConfig
-
         try:
-            components = [{"kind": component.kind, "name": component.name,
-                           "config": describe_class(component.config)} for component in registry]
-            root = describe_class(FrameworkConfig)
+            described = describe_registry(registry)
         except Exception:  # Unsupported: a schema not described exactly is not cached, and the
             return         # answers take the full path
         plugin_files = third_party_files(manager)
         stored = {"format": FORMAT, "key": digest(self.environment, plugin_files),
-                  "plugin_files": plugin_files, "root": root, "components": components}
+                  "plugin_files": plugin_files, **described}
         try:
             _write_atomically(self.path, json.dumps(stored))
         except OSError:  # an unwritable home folder: the answers take the full path
             return
         self.stored, self.fresh = stored, True
+
+
+def describe_registry(registry) -> dict:
+    """The root schema and every component's config dataclass, described (see describe_class)."""
+    from framework.schema import FrameworkConfig
+
+    return {
+        "root": describe_class(FrameworkConfig),
+        "components": [{"kind": component.kind, "name": component.name,
+                        "config": describe_class(component.config)} for component in registry],
+    }
 
 
 def third_party_files(manager) -> list[str]:

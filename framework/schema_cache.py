@@ -159,7 +159,7 @@ def rebuild_type(description: Any) -> Any:
         return _NAMED_TYPES[description]
     (form, value), = description.items()
     if form == "dataclass":
-        return rebuild_class(value)
+        return _nested_class(value)
     if form == "union":
         return typing.Union[tuple(rebuild_type(item) for item in value)]
     if form == "pipe":
@@ -240,9 +240,21 @@ def rebuild_class(description: dict, *, methods: bool = True) -> type:
     return rebuilt
 
 
+def _nested_class(description: dict) -> type:
+    """One class per described nested config, so that a field's type and its default_factory's
+    product are the same class (OmegaConf refuses an instance of a look-alike)."""
+    text = json.dumps(description, sort_keys=True)
+    if text not in _NESTED:
+        _NESTED[text] = rebuild_class(description)
+    return _NESTED[text]
+
+
+_NESTED: dict[str, type] = {}
+
+
 def _factory(description: dict):
     if "dataclass" in description:
-        return rebuild_class(description["dataclass"])
+        return _nested_class(description["dataclass"])
     value = json.dumps(description["value"])
     return lambda: json.loads(value)  # a fresh list or dict each time, as a default_factory gives
 

@@ -19,7 +19,6 @@ from the cached schemas; it reads no more than the cache and a YAML file or two.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,11 +146,36 @@ class OneCopyConfigLoader:
 # Vouching for a command line without composing it
 # ---------------------------------------------------------------------------------------------
 
-KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
-NAME = re.compile(r"[A-Za-z_][\w-]*\Z")
-PLAIN = re.compile(r"[\w./:+-]+\Z")  # Hydra reads it as one int, float, bool or string
-INT = re.compile(r"[+-]?\d+\Z")
-FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+# String methods rather than regular expressions: compiling those would cost a run that trains
+# more than the whole check.
+PLAIN_PUNCTUATION = frozenset("_./:+-")  # with letters and digits: one int, float, bool or string
+
+
+def _is_name(text: str) -> bool:
+    return text.isascii() and text.replace("-", "_").isidentifier()
+
+
+def _is_key(text: str) -> bool:
+    return all(_is_name(part) and "-" not in part for part in text.split("."))
+
+
+def _is_plain(text: str) -> bool:
+    return bool(text) and text.isascii() and all(char.isalnum() or char in PLAIN_PUNCTUATION for char in text)
+
+
+def _is_int(text: str) -> bool:
+    digits = text[1:] if text[:1] in "+-" else text
+    return digits.isascii() and digits.isdigit()
+
+
+def _is_float(text: str) -> bool:
+    if not (_is_plain(text) and all(char.isdigit() or char in ".eE+-" for char in text)):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def surely_composes(argv: list[str], stored: dict) -> bool:
@@ -174,16 +198,16 @@ def surely_composes(argv: list[str], stored: dict) -> bool:
         if key.startswith(("hydra.", "hydra/")):  # Hydra's own settings (the job name, logging)
             continue
         if key == "+task":
-            if not (NAME.match(value) and (conf / "task" / f"{value}.yaml").is_file()):
+            if not (_is_name(value) and (conf / "task" / f"{value}.yaml").is_file()):
                 return False
             continue
         if key in KINDS:
             names = _listed(value) if key in PER_FIT_KINDS else [value]
-            if names is None or not all(NAME.match(name) and _is_option(key, name, components, conf)
+            if names is None or not all(_is_name(name) and _is_option(key, name, components, conf)
                                         for name in names):
                 return False
             continue
-        if not KEY.match(key):
+        if not _is_key(key):
             return False
         head, _, rest = key.partition(".")
         if head == "trainer":
@@ -315,12 +339,12 @@ def _value_fits(kind: Any, value: str) -> bool:
     if isinstance(kind, dict) and "union" in kind and "None" in kind["union"]:
         others = [item for item in kind["union"] if item != "None"]
         return value == "null" or (len(others) == 1 and _value_fits(others[0], value))
-    if value == "null" or not PLAIN.match(value):
+    if value == "null" or not _is_plain(value):
         return False
     if kind == "int":
-        return bool(INT.match(value))
+        return _is_int(value)
     if kind == "float":
-        return bool(INT.match(value) or FLOAT.match(value))
+        return _is_int(value) or _is_float(value)
     if kind == "bool":
         return value.lower() in ("true", "false")
     return kind in ("str", "Any")

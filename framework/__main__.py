@@ -1,7 +1,9 @@
 """``python -m framework`` and the ``framework`` command.
 
 Start-up imports torch and Hydra, which takes seconds; a Ctrl-C meanwhile is reported in one
-line, not as a traceback through the import machinery.
+line, not as a traceback through the import machinery. ``--help`` and a config that does not
+compose are answered first without torch where the schema cache allows
+(framework/quick_answers.py).
 """
 
 import os
@@ -31,7 +33,11 @@ def main() -> None:
     if ours:
         signal.signal(signal.SIGINT, on_sigint)
     try:
-        from framework.cli import main as cli_main
+        from framework.quick_answers import answer_without_training
+
+        answered = answer_without_training(sys.argv[1:])
+        if answered is None:
+            from framework.cli import main as cli_main
     except KeyboardInterrupt:
         _stop_at_startup()
     finally:
@@ -39,6 +45,8 @@ def main() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     if received:
         _stop_at_startup()
+    if answered is not None:
+        sys.exit(answered)
     try:
         cli_main()
     finally:

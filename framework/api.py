@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.build import build_model
 from framework.data import Dataset
+from framework.error_messages import describe_error
 from framework.errors import ConfigError
 from framework.locations import config_dir
 from framework.markers import hookimpl
@@ -101,8 +102,6 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="framework"):
             GlobalHydra.instance().hydra.run(config_name="config", task_function=job, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:  # a config that does not compose
-        from framework.cli import describe_error
-
         raise ConfigError(describe_error(error)[0].removeprefix("error: ")) from error
     finally:
         GlobalHydra.instance().clear()

@@ -8,8 +8,6 @@ gets the full traceback instead.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import logging
 import math
 import multiprocessing
@@ -23,10 +21,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from framework import schema_cache
 from framework.console import stop_writing_to
-from framework.errors import FrameworkError, OutputError, user_message
+from framework.error_messages import FULL_ERROR_ENV, describe_error
+from framework.errors import user_message
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.outputs import unstarted_result, write_result
@@ -44,10 +43,6 @@ from framework.sweeps import (
 )
 
 log = logging.getLogger("framework")
-FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
-CONFIG_ERROR_EXIT = 2
-# Write failures no one can fix but by freeing space: reported as such wherever they come from.
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 # At import, not in main(): parallel launchers (joblib) name job folders in worker processes,
 # which import this module to run the job but never call main().
@@ -66,8 +61,11 @@ def main() -> None:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
         sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:])))]
+        cache = schema_cache.current()  # its key is taken before the plugins are imported
         manager = create_plugin_manager()
         registry = build_registry(manager)
+        if cache is not None:
+            cache.save(registry, manager)  # only if stale: the next --help needs no plugin
         store_configs(registry)
         failed_run: list[Exception] = []  # a single run's error, raised once Hydra is done
 
@@ -202,42 +200,3 @@ def report_job_failure(error: Exception, *, on_console: bool) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def describe_error(error: Exception) -> tuple[str | None, int]:
-    """(one-paragraph message, or None where the job already logged it; exit status)."""
-    reported = getattr(error, "reported", False)
-    if isinstance(error, FrameworkError):
-        return (None if reported else f"error: {error}"), error.exit_code
-    if isinstance(error, (hydra.errors.HydraException, OmegaConfBaseException)):
-        # Hydra's list of config search paths says nothing a user can act on.
-        # Nor does its advice to append a misspelt key with +, which would only hide the typo.
-        text = str(error).split("Config search path:")[0]
-        parts = ["\n".join(line for line in text.strip().splitlines() if not line.startswith("To append to your config"))]
-        if isinstance(error.__cause__, OmegaConfBaseException):
-            parts.append(str(error.__cause__).strip())
-        hint = available_keys_hint(error)
-        if hint:
-            parts.append(hint)
-        return "error: " + "\n".join(parts), CONFIG_ERROR_EXIT
-    if isinstance(error, OSError) and error.errno in DISK_FULL:  # Hydra writing its snapshot
-        return f"error: {OutputError(error.filename or 'the run folder', error)}", OutputError.exit_code
-    hint = f"Set {FULL_ERROR_ENV}=1 for the full traceback."
-    if reported:
-        return hint, 1
-    return f"error: unexpected {type(error).__name__}: {error}\n{hint}", 1
-
-
-def available_keys_hint(error: Exception) -> str | None:
-    """For a misspelt key (model.degre=3), list the keys that exist beside it."""
-    cause = error.__cause__ if error.__cause__ is not None else error
-    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
-        return None
-    parent, _, leaf = cause.full_key.rpartition(".")
-    if dataclasses.is_dataclass(cause.object_type):
-        keys = [field.name for field in dataclasses.fields(cause.object_type)]
-    elif cause.parent_node is not None:
-        keys = [str(key) for key in cause.parent_node.keys()]
-    else:
-        return None
-    return f"'{leaf}' is not a key of {parent or 'the top level'}; keys there: {', '.join(sorted(keys))}"

@@ -34,6 +34,16 @@ def config_dir() -> Path:
     return root / "conf" if root else _PACKAGE_DIR / "conf"
 
 
+def builtin_plugins_dir() -> Path | None:
+    """The folder of the built-in plugin modules, found without importing them."""
+    root = checkout_root()
+    if root is not None:
+        return root / "plugins"
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    locations = spec.submodule_search_locations if spec is not None else None
+    return Path(locations[0]) if locations else None
+
+
 def builtin_package() -> ModuleType:
     """Import the built-in plugins package as ``framework_plugins``, never as ``plugins``."""
     if BUILTIN_PACKAGE in sys.modules:

@@ -1,17 +1,37 @@
 """Pictures of a fit for TensorBoard's Images tab (a helper module of tensorboard_logger).
 
-Drawn with matplotlib's object API on an Agg canvas: no pyplot, no global figure state, no
-display needed.
+Two halves, so that the drawing can run in a process that never imports torch
+(``_figure_writer``): :func:`fit_points` reads what a figure shows off the model and the data
+(torch, in the training process, cheap), and :func:`draw_fit` and :func:`loss_figure` draw it
+(numpy and matplotlib only). Drawn with matplotlib's object API on an Agg canvas: no pyplot, no
+global figure state, no display needed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_POINTS = 2000  # points drawn from the data; more only slow the picture down
 MAX_RESIDUAL_ROWS = 64  # a bar per row reads well up to about this many rows
 LOG_SCALE_SPAN = 100.0  # a loss falling by more than this factor is drawn on a log axis
+
+
+@dataclass
+class FitPoints:
+    """What a fit figure shows, as plain arrays: ``fit/curve`` has the data (x, y) and the
+    model's curve (curve_x, curve_y); ``fit/residuals`` has each row's residual in y."""
+
+    tag: str
+    x: numpy.ndarray
+    y: numpy.ndarray
+    curve_x: numpy.ndarray | None = None
+    curve_y: numpy.ndarray | None = None
 
 
 def _new_figure():
@@ -48,33 +68,45 @@ def loss_figure(steps: list[int], losses: list[float], title: str) -> numpy.ndar
     return _pixels(figure)
 
 
+def fit_points(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor) -> FitPoints | None:
+    """The data with the fitted curve (one input and one output column) or each row's residual
+    (small data), or None when neither reads well."""
+    import torch
+
+    with torch.no_grad():
+        if features.shape[1] == 1 and targets.shape[1] == 1:
+            step = max(1, features.shape[0] // MAX_POINTS)
+            dense = torch.linspace(float(features.min()), float(features.max()), 200,
+                                   dtype=features.dtype, device=features.device)
+            return FitPoints("fit/curve", x=features[::step, 0].cpu().numpy(), y=targets[::step, 0].cpu().numpy(),
+                             curve_x=dense.cpu().numpy(), curve_y=model(dense[:, None])[:, 0].cpu().numpy())
+        if features.shape[0] <= MAX_RESIDUAL_ROWS:
+            residuals = (model(features) - targets).sum(dim=1).cpu().numpy()
+            return FitPoints("fit/residuals", x=numpy.arange(1, len(residuals) + 1), y=residuals)
+    return None
+
+
+def draw_fit(points: FitPoints, title: str) -> numpy.ndarray:
+    """``points`` drawn as an HWC uint8 RGB image."""
+    figure, axes = _new_figure()
+    if points.tag == "fit/curve":
+        axes.scatter(points.x, points.y, s=8, color="tab:blue", label="data")
+        axes.plot(points.curve_x, points.curve_y, color="tab:red", label="model")
+        axes.set_xlabel("x")
+        axes.set_ylabel("y")
+        axes.legend()
+    else:
+        axes.bar(points.x, points.y, color="tab:purple")
+        axes.axhline(0.0, color="black", linewidth=0.8)
+        axes.set_xticks(points.x)
+        axes.set_xlabel("row (equation)")
+        axes.set_ylabel("prediction − target")
+    axes.set_title(title)
+    return _pixels(figure)
+
+
 def fit_figure(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor, title: str):
     """(tag, HWC uint8 image) for the data with the fitted curve (one input and one output
     column) or each row's residual (small data), or None when neither reads well."""
-    figure, axes = _new_figure()
-    with torch.no_grad():
-        if features.shape[1] == 1 and targets.shape[1] == 1:
-            tag = "fit/curve"
-            step = max(1, features.shape[0] // MAX_POINTS)
-            x, y = features[::step, 0].cpu(), targets[::step, 0].cpu()
-            dense = torch.linspace(float(features.min()), float(features.max()), 200,
-                                   dtype=features.dtype, device=features.device)
-            curve = model(dense[:, None])[:, 0].cpu()
-            axes.scatter(x.numpy(), y.numpy(), s=8, color="tab:blue", label="data")
-            axes.plot(dense.cpu().numpy(), curve.numpy(), color="tab:red", label="model")
-            axes.set_xlabel("x")
-            axes.set_ylabel("y")
-            axes.legend()
-        elif features.shape[0] <= MAX_RESIDUAL_ROWS:
-            tag = "fit/residuals"
-            residuals = (model(features) - targets).sum(dim=1).cpu().numpy()
-            rows = numpy.arange(1, len(residuals) + 1)
-            axes.bar(rows, residuals, color="tab:purple")
-            axes.axhline(0.0, color="black", linewidth=0.8)
-            axes.set_xticks(rows)
-            axes.set_xlabel("row (equation)")
-            axes.set_ylabel("prediction − target")
-        else:
-            return None
-    axes.set_title(title)
-    return tag, _pixels(figure)
+    points = fit_points(model, features, targets)
+    return None if points is None else (points.tag, draw_fit(points, title))

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
+from framework_plugins._event_files import wait_for_a_later_second
+from framework_plugins._figure_writer import FigureWriter, figure_writer, wait_for_figures
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
 LAYOUT = {
@@ -116,32 +117,6 @@ def parameter_values(model: torch.nn.Module) -> list[float]:
         return torch.cat([parameter.reshape(-1) for parameter in model.parameters()]).tolist()
 
 
-EVENT_FILE_PREFIX = "events.out.tfevents."
-
-
-def event_file_second(path: Path) -> int | None:
-    """The second an event file was created in, as its name gives it."""
-    first = path.name[len(EVENT_FILE_PREFIX):].split(".", 1)[0]
-    return int(first) if first.isdigit() else None
-
-
-def wait_for_a_later_second(run_dir: Path) -> None:
-    """Return in a later second than the folder's newest event file was created in.
-
-    TensorBoard reads a folder's event files in name order, and a name is the second it was made
-    in, the host, the process id and a per-process counter. A resumed run's file made in the same
-    second by the same process (``framework.train`` resuming right after a run) could sort before
-    the earlier file (counter 10 before 9), and TensorBoard would replay the two out of order,
-    purging the wrong steps. Only a resume within a second of the last write waits, at most 1 s.
-    """
-    seconds = [second for second in map(event_file_second, Path(run_dir).glob(EVENT_FILE_PREFIX + "*"))
-               if second is not None]
-    if seconds:
-        newest = max(seconds)
-        while time.time() < newest + 1:
-            time.sleep(newest + 1 - time.time() + 0.001)
-
-
 class TensorBoardLogger:
     def __init__(self, config: TensorBoardConfig, run_dir, run_config, run_overrides=()) -> None:
         self.config, self.run_dir, self.run_config = config, run_dir, run_config
@@ -150,6 +125,10 @@ class TensorBoardLogger:
         self.param_tags: list[str] = []  # params/<name>[/<index>] in parameter_values' order
         self.loss_curve: list[tuple[int, float]] = []  # (step, loss) at logging steps, for the figure
         self.write_failed = False
+        # Draws this fit's figures in another process (None: drawn here); opened for the run
+        # folder with the first figure.
+        self.figures: FigureWriter | None = None
+        self.figures_opened = False
 
     @hookimpl
     @_writes
@@ -165,7 +144,13 @@ class TensorBoardLogger:
         _quiet_writer_thread()
         resumed_at = state.progress.step
         if resumed_at:
+            # The figures the earlier run sent are in their event file before this one is made.
+            wait_for_figures(self.run_dir)
             wait_for_a_later_second(self.run_dir)
+        if self.config.figures:
+            # Started now, so that it imports matplotlib while the run trains.
+            writer = figure_writer()
+            self.figures = writer if writer.start() else None
         # A resumed run writes on into its own run folder. purge_step makes TensorBoard drop what
         # the earlier process logged after the checkpoint, so the run stays one curve with no
         # step twice.
@@ -222,6 +207,8 @@ class TensorBoardLogger:
                 # error, so the event file is closed when the process ends (it does, the run
                 # having failed).
                 pass
+            if self.figures_opened:
+                self.figures.close(self.run_dir)
             return
         self._end(state, result)
 
@@ -231,11 +218,9 @@ class TensorBoardLogger:
             if self.config.figures and result["final_loss"] is not None:
                 self._figure(state, result["steps"], f"step {result['steps']}, final loss {result['final_loss']:.4g}")
             if self.config.figures and len(self.loss_curve) > 1:
-                from framework_plugins._figures import loss_figure
-
                 steps, losses = zip(*self.loss_curve)
-                image = loss_figure(list(steps), list(losses), f"{state.run.task or 'run'}: {result['status']}")
-                self.writer.add_image("fit/loss", image, result["steps"], dataformats="HWC")
+                self._image("fit/loss", result["steps"],
+                            ("loss", list(steps), list(losses), f"{state.run.task or 'run'}: {result['status']}"))
             self._write_hparams(state, result)
             if result["status"] != "interrupted" and result["stop_reason"]:
                 # The Text tab, at the last step: why the run ended (the resumed run that ends an
@@ -243,15 +228,29 @@ class TensorBoardLogger:
                 self.writer.add_text(STOP_REASON_TAG, f"`{result['stop_reason']}`", result["steps"])
         finally:
             self.writer.close()  # flushes: points logged before a failure are kept
+            if self.figures_opened:
+                self.figures.close(self.run_dir)  # the figure writer finishes this folder
 
     def _figure(self, state, step, title):
-        from framework_plugins._figures import fit_figure
+        from framework_plugins._figures import fit_points
 
         run = state.run
-        drawn = fit_figure(run.model, run.data.features, run.data.targets, title)
-        if drawn is not None:
-            tag, image = drawn
-            self.writer.add_image(tag, image, step, dataformats="HWC")
+        points = fit_points(run.model, run.data.features, run.data.targets)
+        if points is not None:
+            self._image(points.tag, step, ("fit", points, title))
+
+    def _image(self, tag: str, step: int, drawing: tuple) -> None:
+        """Have ``drawing`` drawn and written under ``tag``: by the figure writer, or here where
+        there is none (or it has gone)."""
+        if self.figures is not None and not self.figures_opened:
+            self.figures_opened = self.figures.open(self.run_dir, log_file())
+        if self.figures_opened and self.figures.image(self.run_dir, tag, step, drawing):
+            return
+        from framework_plugins._figures import draw_fit, loss_figure
+
+        what, *arguments = drawing
+        image = loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)
+        self.writer.add_image(tag, image, step, dataformats="HWC")
 
     # HParams: TensorBoard keeps the first summary of each tag in a run folder, so the session's
     # start is written once, when the run first starts, and its end once, when the run ends for
@@ -281,6 +280,14 @@ class TensorBoardLogger:
         if result["status"] != "completed":
             session_end = failed_session(session_end)
         self.writer.file_writer.add_summary(session_end)
+
+
+def log_file() -> str | None:
+    """The run's log file (Hydra's), where the figure writer reports a figure it could not write."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
 
 
 def failed_session(session_end):

@@ -201,13 +201,18 @@ def test_plugin_states_are_saved_and_given_back_by_plugin_name(train, manager, t
 def test_a_resume_in_the_same_process_and_second_writes_an_event_file_that_sorts_after_the_first(train, tmp_path):
     # TensorBoard reads event files in name order; names start with their second, and within one
     # process and second a per-process counter (…9, …10) could sort the resumed run's file first.
-    from framework_plugins.tensorboard_logger import EVENT_FILE_PREFIX, event_file_second
+    # The figures are written by the figure writer process, in an event file of its own, which
+    # must sort after the run's and before the resumed run's (whose purge then applies to it).
+    from framework_plugins._event_files import EVENT_FILE_PREFIX, event_file_second
+    from framework_plugins._figure_writer import wait_for_figures
 
     overrides = ["+task=linear", "logger=[tensorboard]", "trainer.log_every=5"]
     train([*overrides, "trainer.max_steps=10"], run_dir=tmp_path)
     train([*overrides, "trainer.max_steps=20", f"trainer.resume={tmp_path}"], run_dir=tmp_path)
-    files = sorted(tmp_path.glob(EVENT_FILE_PREFIX + "*"), key=lambda path: path.stat().st_mtime_ns)
-    assert len(files) == 2
-    first, resumed = map(event_file_second, files)
+    wait_for_figures(tmp_path)
+    in_name_order = sorted(tmp_path.glob(EVENT_FILE_PREFIX + "*"))
+    ours = f".{os.getpid()}."
+    assert [ours in path.name for path in in_name_order] == [True, False, True, False], in_name_order
+    first, resumed = (event_file_second(path) for path in in_name_order if ours in path.name)
     assert resumed > first
     assert [step for step, _ in curves(tmp_path)["train/loss"]] == [1, 5, 10, 15, 20]

@@ -56,7 +56,7 @@ def test_loss_curve_uses_a_log_axis_only_when_the_loss_spans_decades():
 def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file(tmp_path):
     import time
 
-    from framework_plugins.tensorboard_logger import EVENT_FILE_PREFIX, event_file_second, wait_for_a_later_second
+    from framework_plugins._event_files import EVENT_FILE_PREFIX, event_file_second, wait_for_a_later_second
 
     now = int(time.time())
     (tmp_path / f"{EVENT_FILE_PREFIX}{now:010d}.host.123.9").write_bytes(b"")
@@ -64,3 +64,67 @@ def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file
     wait_for_a_later_second(tmp_path)
     # A file made now has a later second in its name, so it sorts after the earlier one.
     assert int(time.time()) > now
+
+
+def test_the_figure_writer_writes_the_figures_torch_would_write_into_the_run_folder(train, tmp_path):
+    """The final figures come from the figure writer process; they are the images the training
+    process would have drawn and written with SummaryWriter.add_image, drawn here from the
+    saved model."""
+    import io
+    import os
+
+    from PIL import Image
+    from torch.utils.tensorboard.summary import image as torch_image
+
+    from framework.weights import read_weights
+    from framework_plugins._figure_writer import wait_for_figures
+    from framework_plugins._figures import loss_figure
+    from tests.framework.compare import events
+
+    result = train(["+task=linear", "logger=[tensorboard]", "trainer.max_steps=20"], run_dir=tmp_path, task="linear")
+    wait_for_figures(tmp_path)
+    accumulator = events(tmp_path)
+    (curve,) = accumulator.Images("fit/curve")
+    (loss,) = accumulator.Images("fit/loss")
+    assert curve.step == loss.step == 20
+
+    model = torch.nn.Linear(1, 1)
+    model.load_state_dict(read_weights(tmp_path / "model.safetensors")[0])
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    tag, pixels = fit_figure(model, x, 2 * x + 1, f"step 20, final loss {result['final_loss']:.4g}")
+    assert tag == "fit/curve"
+    expected = torch_image(tag, pixels, dataformats="HWC").value[0].image
+    assert curve.encoded_image_string == expected.encoded_image_string
+    assert (curve.width, curve.height) == (expected.width, expected.height)
+    assert Image.open(io.BytesIO(loss.encoded_image_string)).size == (loss.width, loss.height)
+    assert loss_figure([1, 10, 20], [1.0, 0.5, 0.2], "t").shape == (loss.height, loss.width, 3)
+    # The training process's own event file has no images; the writer's has nothing else.
+    mine = [path for path in tmp_path.glob("events.out.tfevents.*") if f".{os.getpid()}." in path.name]
+    assert len(mine) == 1 and not events_of(mine[0]).Tags()["images"]
+
+
+def events_of(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path))
+    accumulator.Reload()
+    return accumulator
+
+
+def test_a_figure_that_fails_to_draw_is_logged_and_the_folders_other_figures_are_written(tmp_path, capfd):
+    from framework_plugins._figure_writer import FigureWriter, wait_for_figures
+    from framework_plugins._figures import FitPoints
+
+    log_file = tmp_path / "framework.log"
+    writer = FigureWriter()
+    assert writer.open(tmp_path, str(log_file))
+    assert writer.image(tmp_path, "fit/curve", 3, ("fit", "not the points", "broken"))
+    points = FitPoints("fit/residuals", x=torch.arange(1, 4).numpy(), y=torch.tensor([0.5, -1.0, 0.25]).numpy())
+    assert writer.image(tmp_path, "fit/residuals", 3, ("fit", points, "fine"))
+    assert writer.close(tmp_path)
+    writer.close_pipe()
+    wait_for_figures(tmp_path)
+    assert "figure fit/curve at step 3 was not written: AttributeError" in log_file.read_text()
+    assert "figure fit/curve at step 3 was not written" in capfd.readouterr().err
+    assert events_of(tmp_path).Tags()["images"] == ["fit/residuals"]
+    writer.process.wait(timeout=60)  # it exits once its pipe is closed and its work done

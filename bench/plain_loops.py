@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench.framework_side import synchronize
 from bench.measure import Outcome
+from tests.framework.test_reference_tasks import TutorialP3
 
 SEED = 0  # trainer.seed's default
 
@@ -63,18 +64,8 @@ def polyfit(steps: int, *, writer=None, log_every: int = 50, device: str = "cpu"
 # ------------------------------------------------------------------------------------------------
 
 
-class LegendrePolynomial3(torch.autograd.Function):
-    """The tutorial's P3(x) = ½(5x³ − 3x), with its own backward."""
-
-    @staticmethod
-    def forward(ctx, input):
-        ctx.save_for_backward(input)
-        return 0.5 * (5 * input**3 - 3 * input)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        return grad_output * 1.5 * (5 * input**2 - 1)
+# The tutorial's P3(x) = ½(5x³ − 3x) with its own backward: the one the reference-task test uses.
+LegendrePolynomial3 = TutorialP3
 
 
 def legendre(steps: int, *, writer=None, log_every: int = 50) -> tuple[float, Outcome]:

@@ -18,6 +18,7 @@ from typing import Callable
 
 from bench.measure import Goal, ProcessRun, Row, run_process
 from bench.step_cases import Settings
+from framework_plugins._figure_writer import wait_for_figures
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -46,6 +47,10 @@ def in_fresh_folder(command: list[str], check: Callable[[ProcessRun, Path], None
         with tempfile.TemporaryDirectory(prefix="bench_process_") as folder:
             ran = run_process(command, cwd=Path(folder), env=process_env())
             check(ran, Path(folder))
+            # The figure writer may still be drawing into the run folders after the process
+            # exited (it does not make the user wait); wait before the folder is removed.
+            for result in Path(folder).rglob("result.json"):
+                wait_for_figures(result.parent)
         return ran
 
     return run

@@ -137,3 +137,30 @@ def test_only_what_is_exact_is_flattened():
     assert not can_flatten(undeclared, list(undeclared.parameters()), OPTIMIZERS["sgd"](list(undeclared.parameters())))
     model.bias.data = model.bias.data.double()
     assert not can_flatten(model, parameters, OPTIMIZERS["sgd"](parameters))  # mixed dtypes
+
+
+def test_plain_sgd_follows_a_changing_rate_and_keeps_the_optimizers_hooks():
+    """Plain SGD updates the flat tensor itself (flat_parameters.plain_sgd_update): a scheduler's
+    rate is read at each step, and a step hook, when registered, is still called."""
+
+    def run(flat: bool, hook=None):
+        torch.manual_seed(0)
+        model = Small()
+        x, y = data()
+        make = OPTIMIZERS["sgd"]
+        optimizer = flatten(make, list(model.parameters())) if flat else make(list(model.parameters()))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+        if hook is not None:
+            optimizer.register_step_post_hook(hook)
+        for _ in range(10):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for one_by_one, flat in zip(run(False), run(True)):
+        assert torch.equal(one_by_one, flat)
+    calls = []
+    run(True, hook=lambda optimizer, args, kwargs: calls.append(1))
+    assert len(calls) == 10

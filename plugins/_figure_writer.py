@@ -250,8 +250,10 @@ def write_image(folder: Folder, tag: str, step: int, drawing: tuple) -> None:
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from framework_plugins._event_files import wait_until_a_new_file_sorts_last
+    from framework_plugins._event_files import use_native_checksums, wait_until_a_new_file_sorts_last
     from framework_plugins._figures import draw_fit, loss_figure
+
+    use_native_checksums()
 
     what, *arguments = drawing
     pixels = loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)

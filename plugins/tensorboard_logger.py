@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
-from framework_plugins._event_files import wait_for_a_later_second
+from framework_plugins._event_files import use_native_checksums, wait_for_a_later_second
 from framework_plugins._figure_writer import FigureWriter, figure_writer, wait_for_figures
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
@@ -138,6 +138,8 @@ class TensorBoardLogger:
         # Imported here: tensorboard's import is slow and runs without it need not pay for it.
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
+
+        use_native_checksums()
 
         self.summary = Summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from framework_plugins._figures import fit_figure
@@ -128,3 +129,30 @@ def test_a_figure_that_fails_to_draw_is_logged_and_the_folders_other_figures_are
     assert "figure fit/curve at step 3 was not written" in capfd.readouterr().err
     assert events_of(tmp_path).Tags()["images"] == ["fit/residuals"]
     writer.process.wait(timeout=60)  # it exits once its pipe is closed and its work done
+
+
+def test_native_checksums_equal_tensorboards_and_the_events_read_back(tmp_path):
+    """plugins/_event_files.use_native_checksums: the C CRC32C gives tensorboard's own masked
+    checksum, and tensorboard's reader (which checks every record's checksum) reads the file."""
+    import os
+
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
+    from torch.utils.tensorboard import SummaryWriter
+
+    from framework_plugins._event_files import use_native_checksums
+    from tensorboard.summary.writer import record_writer
+
+    assert use_native_checksums(), "google-crc32c's compiled checksum is a dependency"
+    assert record_writer.masked_crc32c is not pure_python
+    for size in (0, 1, 7, 64, 200, 4099):
+        data = os.urandom(size)
+        assert record_writer.masked_crc32c(data) == pure_python(data), size
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(5):
+        writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+    writer.close()
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    read = [(event.step, value.simple_value) for event in LegacyEventFileLoader(str(events)).Load()
+            for value in event.summary.value]
+    assert [(step, pytest.approx(1.0 / (step + 1))) for step in range(5)] == read

@@ -79,6 +79,23 @@ def check_compatible(checkpoint: dict[str, Any], state: LoopState, path: Path) -
         )
 
 
+def load_optimizer_state(optimizer: Any, saved: dict[str, Any], path: Path) -> None:
+    """The checkpoint's optimizer state, or a ConfigError saying why it does not fit: a
+    checkpoint written before the optimizer got one flat tensor for a small model's parameters
+    (framework/flat_parameters.py) numbers them one by one."""
+    saved_sizes = [len(group["params"]) for group in saved.get("param_groups", [])]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != sizes:
+        raise ConfigError(
+            f"{path}: its optimizer state holds {sum(saved_sizes)} tensor(s) in {len(saved_sizes)} group(s), but this "
+            f"run's optimizer updates {sum(sizes)} in {len(sizes)} (a checkpoint written by an earlier version of "
+            "the framework, which gave the optimizer a small model's parameters one by one, not as one flat "
+            f"tensor). Resume it with that version, or start a new run from its weights with "
+            f"trainer.init_from={path}"
+        )
+    optimizer.load_state_dict(saved)
+
+
 def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
     """Load everything a checkpoint holds into the built run, the progress and the plugins."""
     path = find_checkpoint(where, RESUME_KEY)
@@ -86,7 +103,7 @@ def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
     check_compatible(checkpoint, state, path)
     run = state.run
     load_model_weights(run.model, checkpoint["model"], str(path))
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    load_optimizer_state(run.optimizer, checkpoint["optimizer"], path)
     restore_host_state(run.optimizer, checkpoint.get("optimizer_host_state", []))
     if run.scheduler is not None:
         run.scheduler.load_state_dict(checkpoint["scheduler"])

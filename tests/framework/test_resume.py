@@ -216,3 +216,23 @@ def test_a_resume_in_the_same_process_and_second_writes_an_event_file_that_sorts
     first, resumed = (event_file_second(path) for path in in_name_order if ours in path.name)
     assert resumed > first
     assert [step for step, _ in curves(tmp_path)["train/loss"]] == [1, 5, 10, 15, 20]
+
+
+def test_an_optimizer_state_numbered_one_parameter_at_a_time_is_refused_by_name(train, tmp_path):
+    """A checkpoint whose optimizer held polyfit's coefficients one by one (written before they
+    were one flat tensor, framework/flat_parameters.py) does not fit: said, not a ValueError."""
+    train(["+task=polyfit", "trainer.max_steps=10", "logger=[]"], run_dir=tmp_path)
+    (path,) = list_checkpoints(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    coefficients = [torch.zeros((), requires_grad=True) for _ in range(3)]
+    one_by_one = torch.optim.NAdam(coefficients, lr=0.01)
+    for coefficient in coefficients:
+        coefficient.grad = torch.ones(())
+    one_by_one.step()
+    checkpoint["optimizer"] = one_by_one.state_dict()
+    torch.save(checkpoint, path)
+    before = json.loads((tmp_path / "result.json").read_text())
+
+    with pytest.raises(ConfigError, match="holds 3 tensor.* updates 1 .*trainer.init_from="):
+        train(["+task=polyfit", "trainer.max_steps=20", "logger=[]", f"trainer.resume={tmp_path}"], run_dir=tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text()) == before  # the run's record is kept

@@ -15,30 +15,16 @@ def event_file_second(path: Path) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def wait_for_a_later_second(run_dir: Path) -> None:
-    """Return in a later second than the folder's newest event file was created in.
-
-    TensorBoard reads a folder's event files in name order, and a name is the second it was made
-    in, the host, the process id and a per-process counter. A resumed run's file made in the same
-    second by the same process (``framework.train`` resuming right after a run) could sort before
-    the earlier file (counter 10 before 9), and TensorBoard would replay the two out of order,
-    purging the wrong steps. Only a resume within a second of the last write waits, at most 1 s.
-    """
-    seconds = [second for second in map(event_file_second, Path(run_dir).glob(EVENT_FILE_PREFIX + "*"))
-               if second is not None]
-    if seconds:
-        newest = max(seconds)
-        while time.time() < newest + 1:
-            time.sleep(newest + 1 - time.time() + 0.001)
-
-
 def wait_until_a_new_file_sorts_last(run_dir: Path, host: str, pid: int) -> None:
     """Return when an event file this process makes now would sort after every one in the folder.
 
-    A running TensorBoard reads a folder's files in name order and never goes back to a name
-    before the one it reads, so a second writer's file must not sort first: names of one second
-    compare by host and process id as text ('10000' < '9999'). Usually the name already sorts
-    last; otherwise this waits for the next second (at most 1 s).
+    TensorBoard reads a folder's files in name order (the second, the host, the process id, a
+    per-process counter) and never goes back to a name before the one it reads. So a new file
+    must sort last: the figure writer's beside the run's, and a resumed run's, whose purge must
+    apply to what came before (a resume in the same process and second would otherwise sort by
+    its counter, '10' before '9'). Names of one second compare by host and process id as text
+    ('10000' < '9999'). Usually the name already sorts last; otherwise this waits for the next
+    second (at most 1 s).
     """
     names = [path.name for path in Path(run_dir).glob(EVENT_FILE_PREFIX + "*")]
     while names and f"{EVENT_FILE_PREFIX}{int(time.time()):010d}.{host}.{pid}." <= max(names):

@@ -9,6 +9,8 @@ import functools
 import itertools
 import logging
 import math
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -17,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
-from framework_plugins._event_files import use_native_checksums, wait_for_a_later_second
+from framework_plugins._event_files import use_native_checksums, wait_until_a_new_file_sorts_last
 from framework_plugins._figure_writer import FigureWriter, figure_writer, wait_for_figures
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
@@ -148,7 +150,7 @@ class TensorBoardLogger:
         if resumed_at:
             # The figures the earlier run sent are in their event file before this one is made.
             wait_for_figures(self.run_dir)
-            wait_for_a_later_second(self.run_dir)
+            wait_until_a_new_file_sorts_last(self.run_dir, socket.gethostname(), os.getpid())
         if self.config.figures:
             # Started now, so that it imports matplotlib while the run trains.
             writer = figure_writer()

@@ -57,12 +57,12 @@ def test_loss_curve_uses_a_log_axis_only_when_the_loss_spans_decades():
 def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file(tmp_path):
     import time
 
-    from framework_plugins._event_files import EVENT_FILE_PREFIX, event_file_second, wait_for_a_later_second
+    from framework_plugins._event_files import EVENT_FILE_PREFIX, event_file_second, wait_until_a_new_file_sorts_last
 
     now = int(time.time())
     (tmp_path / f"{EVENT_FILE_PREFIX}{now:010d}.host.123.9").write_bytes(b"")
     assert event_file_second(next(tmp_path.iterdir())) == now
-    wait_for_a_later_second(tmp_path)
+    wait_until_a_new_file_sorts_last(tmp_path, "host", 123)  # the same process, a later counter (10 < 9)
     # A file made now has a later second in its name, so it sorts after the earlier one.
     assert int(time.time()) > now
 

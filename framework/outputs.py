@@ -6,11 +6,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from framework.errors import OutputError
+
+if TYPE_CHECKING:  # annotations only: the schema cache writes through atomic_write without torch
+    import torch
 
 RESULT_FILE = "result.json"
 

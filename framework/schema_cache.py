@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import types
 import typing
 from dataclasses import dataclass
@@ -38,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from framework.locations import BUILTIN_PACKAGE, builtin_plugins_dir, config_dir
+from framework.errors import OutputError
 from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_COMPONENTS_ENV, DISABLE_PLUGINS_ENV
+from framework.outputs import atomic_write
 
 CACHE_ENV = "FRAMEWORK_SCHEMA_CACHE"
 FORMAT = 1
@@ -303,9 +304,11 @@ class SchemaCache:
         plugin_files = third_party_files(manager)
         stored = {"format": FORMAT, "key": digest(self.environment, plugin_files),
                   "plugin_files": plugin_files, **described}
+        text = json.dumps(stored).encode("utf-8")
         try:
-            _write_atomically(self.path, json.dumps(stored))
-        except OSError:  # an unwritable home folder: the answers take the full path
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda handle: handle.write(text))
+        except (OSError, OutputError):  # an unwritable home folder: the answers take the full path
             return
         self.stored, self.fresh = stored, True
 
@@ -335,20 +338,6 @@ def third_party_files(manager) -> list[str]:
         module.__file__ for name, module in list(sys.modules.items())
         if name.partition(".")[0] in packages and getattr(module, "__file__", None)
     )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A reader finds the old file or the new one, never part of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 _current: SchemaCache | None = None

@@ -165,9 +165,10 @@ def build_state(
     def build_optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
         return call_factory(optimizer_component, optimizer_config, params=params)
 
-    optimizer = build_optimizer(list(trainable.values()))
-    if can_flatten(model, list(trainable.values()), optimizer):  # the same updates, cheaper
-        optimizer = flatten(build_optimizer, list(trainable.values()))
+    parameters = list(trainable.values())
+    optimizer = build_optimizer(parameters)
+    if can_flatten(model, parameters, optimizer):  # the same updates, cheaper
+        optimizer = flatten(build_optimizer, parameters)
 
     scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)
     scheduler = call_factory(scheduler_component, scheduler_config, optimizer=optimizer, max_steps=max_steps)

@@ -8,7 +8,6 @@ then the parameters), so both sides start from the same numbers.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench.framework_side import synchronize
 from bench.measure import Outcome
-from tests.framework.test_reference_tasks import TutorialP3
+from tests.framework.test_reference_tasks import TutorialP3, legendre_start
 
 SEED = 0  # trainer.seed's default
 
@@ -69,12 +68,7 @@ LegendrePolynomial3 = TutorialP3
 
 
 def legendre(steps: int, *, writer=None, log_every: int = 50) -> tuple[float, Outcome]:
-    x = torch.linspace(-math.pi, math.pi, 2000)
-    y = torch.sin(x)
-    a = torch.full((), 0.0, requires_grad=True)
-    b = torch.full((), -1.0, requires_grad=True)
-    c = torch.full((), 0.0, requires_grad=True)
-    d = torch.full((), 0.3, requires_grad=True)
+    x, y, (a, b, c, d) = legendre_start()
     learning_rate = 5e-6
     with torch.no_grad():
         initial = (a + b * LegendrePolynomial3.apply(c + d * x) - y).pow(2).sum().item()

@@ -104,13 +104,19 @@ class TutorialP3(torch.autograd.Function):
         return grad_output * 1.5 * (5 * input**2 - 1)
 
 
-def plain_legendre(manual_update: bool = False):
+def legendre_start():
+    """The tutorial's data and initial values: x, y and the coefficients (a, b, c, d)."""
     x = torch.linspace(-math.pi, math.pi, 2000)
     y = torch.sin(x)
     a = torch.full((), 0.0, requires_grad=True)
     b = torch.full((), -1.0, requires_grad=True)
     c = torch.full((), 0.0, requires_grad=True)
     d = torch.full((), 0.3, requires_grad=True)
+    return x, y, (a, b, c, d)
+
+
+def plain_legendre(manual_update: bool = False):
+    x, y, (a, b, c, d) = legendre_start()
     lr = 5e-6
     optimizer = torch.optim.SGD([a, b, c, d], lr=lr)
     for _ in range(2000):

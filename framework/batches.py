@@ -1,10 +1,19 @@
-"""Full batches or shuffled minibatches, by index slicing on the device (no DataLoader)."""
+"""Full batches or shuffled minibatches, by index slicing on the device (no DataLoader).
+
+A shuffled epoch gathers its rows once, in the epoch's order, and hands out views of that copy:
+one gather of the whole data per epoch instead of one indexing call per batch, which on the
+CPU costs about as much as the step of a small model (bench/run.py's W4 case). The batches hold
+the same rows in the same order either way. Data larger than ``GATHER_EPOCH_BYTES`` is gathered
+batch by batch instead, so that a shuffled epoch never holds two copies of a large dataset.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from framework.state import BuiltRun, Progress
+
+GATHER_EPOCH_BYTES = 1 << 30  # a copy of up to 1 GiB of rows per epoch
 
 
 def next_batch(run: BuiltRun, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,6 +27,7 @@ def next_batch(run: BuiltRun, progress: Progress) -> tuple[torch.Tensor, torch.T
         progress.order = torch.randperm(
             len(data), generator=progress.shuffle_generator, device=data.features.device
         )
+        progress.shuffled_rows = None
     start = progress.batch_index * run.batch_size
     stop = start + run.batch_size
     progress.batch_index += 1
@@ -26,5 +36,14 @@ def next_batch(run: BuiltRun, progress: Progress) -> tuple[torch.Tensor, torch.T
         progress.epoch += 1
     if progress.order is None:  # in order: slices are views
         return data.features[start:stop], data.targets[start:stop]
-    rows = progress.order[start:stop]
-    return data.features[rows], data.targets[rows]
+    if progress.shuffled_rows is None:
+        if nbytes(data.features) + nbytes(data.targets) > GATHER_EPOCH_BYTES:
+            rows = progress.order[start:stop]
+            return data.features[rows], data.targets[rows]
+        progress.shuffled_rows = (data.features[progress.order], data.targets[progress.order])
+    features, targets = progress.shuffled_rows
+    return features[start:stop], targets[start:stop]
+
+
+def nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

@@ -134,6 +134,9 @@ class Progress:
     batch_index: int = 0  # position within the current epoch, in batches
     order: torch.Tensor | None = None  # this epoch's shuffled row order, on the device
     shuffle_generator: torch.Generator | None = None
+    # Not saved: this epoch's (features, targets) rows in ``order``, gathered once so that each
+    # batch is a view (framework/batches.py); rebuilt from ``order`` after a resume.
+    shuffled_rows: tuple[torch.Tensor, torch.Tensor] | None = None
     last_loss: float | None = None  # last finite loss read back from the device
     last_loss_step: int | None = None
     stop: StopRequest = field(default_factory=StopRequest)
@@ -166,6 +169,7 @@ class Progress:
         order = state["order"]
         device = self.shuffle_generator.device if self.shuffle_generator is not None else "cpu"
         self.order = None if order is None else order.to(device)
+        self.shuffled_rows = None
         set_random_states(state["random"])
 
 

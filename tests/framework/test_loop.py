@@ -51,7 +51,10 @@ def test_lbfgs_runs_through_the_closure_and_matches_plain_lbfgs(train, recorder)
     assert recorder.logged("train/loss") == {step: first_losses[step - 1] for step in (1, 4)}
 
 
-def test_shuffled_minibatches_match_a_plain_loop_with_the_same_permutations(train, recorder):
+@pytest.mark.parametrize("gathered", ["the epoch at once", "batch by batch (data over the limit)"])
+def test_shuffled_minibatches_match_a_plain_loop_with_the_same_permutations(train, recorder, monkeypatch, gathered):
+    if gathered.startswith("batch by batch"):
+        monkeypatch.setattr("framework.batches.GATHER_EPOCH_BYTES", 0)
     overrides = ["+task=polyfit", "data.batch_size=6", "data.shuffle=true", "trainer.max_steps=null",
                  "trainer.max_epochs=3", "optimizer=sgd", "optimizer.lr=0.0001"]
     result = train(overrides)

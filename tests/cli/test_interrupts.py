@@ -202,7 +202,7 @@ def test_ctrl_c_during_start_up_prints_one_line(tmp_path, delay):
     time.sleep(delay)  # torch and Hydra are still importing, or Hydra is composing the config
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
 

@@ -1,8 +1,10 @@
-"""TensorBoard event files in a run folder: their names and the order TensorBoard reads them in
-(a helper module of tensorboard_logger and _figure_writer; it imports nothing heavy)."""
+"""TensorBoard event files in a run folder: their names, the order TensorBoard reads them in, and
+how records get into them (a helper module of tensorboard_logger and _figure_writer; it imports
+nothing heavy)."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -62,4 +64,93 @@ def use_native_checksums() -> bool:
     # record_writer imported tensorboard's pure-Python function by name; this replaces its use
     # there only (the reader's check keeps tensorboard's own, so a wrong checksum would show).
     record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
+# How long framed records may wait in memory before they are appended to the event file, and
+# how many bytes of them at most: a live dashboard lags a fast run by at most this long.
+WRITE_EVERY_S = 1.0
+BLOCK_BYTES = 64 * 1024
+
+
+class _Pending:
+    """Framed records not yet in the file (the file-like object tensorboard's RecordWriter frames
+    into)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, framed: bytes) -> None:
+        self.parts.append(framed)
+        self.size += len(framed)
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        self.size = 0
+        return data
+
+
+class EventsInCallerThread:
+    """tensorboard's ``_AsyncWriter`` (``write``, ``flush``, ``close``) without its thread.
+
+    tensorboard hands every event to a writer thread through a queue, and that thread opens,
+    appends to and closes the event file once per record. With TensorBoard every step, waking
+    it and giving it the GIL cost the loop more than the step itself. Here the caller frames the
+    record (tensorboard's own RecordWriter, so the format and checksums are tensorboard's) into
+    memory, and appends what is pending in one write once ``BLOCK_BYTES`` are pending or
+    ``WRITE_EVERY_S`` have passed since the last write, so a run that logs seldom has each event
+    on disk at once. ``flush`` (at every checkpoint) and ``close`` write everything.
+    """
+
+    def __init__(self, event_file) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._file = event_file
+        self._pending = _Pending()
+        self._framing = RecordWriter(self._pending)
+        self._last_write = -math.inf
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise OSError("Writer is closed")  # tensorboard's own message and type
+        self._framing.write(data)
+        now = time.monotonic()
+        if self._pending.size >= BLOCK_BYTES or now - self._last_write >= WRITE_EVERY_S:
+            self._write_pending(now)
+
+    def _write_pending(self, now: float) -> None:
+        if self._pending.size:
+            self._file.write(self._pending.take())
+        self._last_write = now
+
+    def flush(self) -> None:
+        if self._closed:
+            raise OSError("Writer is closed")
+        self._write_pending(time.monotonic())
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._write_pending(time.monotonic())
+            self._file.flush()
+            self._file.close()
+
+
+def write_in_caller_thread(summary_writer) -> bool:
+    """Give a ``SummaryWriter``'s event file an :class:`EventsInCallerThread` in place of
+    tensorboard's writer thread, once what the thread holds is written. Returns whether it did:
+    a tensorboard whose writer is built otherwise keeps its thread."""
+    event_writer = getattr(summary_writer.file_writer, "event_writer", None)
+    queued = getattr(event_writer, "_async_writer", None)
+    worker = getattr(queued, "_worker", None)
+    event_file = getattr(getattr(queued, "_writer", None), "_writer", None)  # RecordWriter's file
+    if worker is None or not all(hasattr(event_file, name) for name in ("write", "flush", "close")):
+        return False
+    queued.flush()  # the file version and whatever else was queued is in the file
+    worker.stop()  # the thread ends; the file stays open, now written from here
+    event_writer._async_writer = EventsInCallerThread(event_file)
     return True

@@ -19,7 +19,11 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
-from framework_plugins._event_files import use_native_checksums, wait_until_a_new_file_sorts_last
+from framework_plugins._event_files import (
+    use_native_checksums,
+    wait_until_a_new_file_sorts_last,
+    write_in_caller_thread,
+)
 from framework_plugins._figure_writer import FigureWriter, figure_writer, wait_for_figures
 
 # The Custom Scalars tab: loss, rate, gradient norm and parameters grouped, one chart each.
@@ -160,6 +164,7 @@ class TensorBoardLogger:
         # step twice.
         self.writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=self.config.flush_secs,
                                     purge_step=resumed_at + 1 if resumed_at else None)
+        write_in_caller_thread(self.writer)
         if not resumed_at:
             self.writer.add_custom_scalars(LAYOUT)
             self._start_session(state)

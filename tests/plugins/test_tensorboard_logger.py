@@ -156,3 +156,69 @@ def test_native_checksums_equal_tensorboards_and_the_events_read_back(tmp_path):
     read = [(event.step, value.simple_value) for event in LegacyEventFileLoader(str(events)).Load()
             for value in event.summary.value]
     assert [(step, pytest.approx(1.0 / (step + 1))) for step in range(5)] == read
+
+
+def read_scalars(folder) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    (events,) = folder.glob("events.out.tfevents.*")
+    return [(event.step, value.simple_value) for event in LegacyEventFileLoader(str(events)).Load()
+            for value in event.summary.value]
+
+
+def test_events_written_in_the_callers_thread_wait_in_memory_at_most_their_time(tmp_path, monkeypatch):
+    """plugins/_event_files.write_in_caller_thread: no writer thread; records reach the file in
+    tensorboard's format once WRITE_EVERY_S has passed (here: never before flush) or at once
+    (here: 0), and every record reads back through tensorboard's checksum-checking reader."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from framework_plugins import _event_files
+
+    held, prompt = tmp_path / "held", tmp_path / "prompt"
+    monkeypatch.setattr(_event_files, "WRITE_EVERY_S", 3600.0)
+    writer = SummaryWriter(str(held))
+    tensorboards_thread = writer.file_writer.event_writer._async_writer._worker
+    assert tensorboards_thread.is_alive()
+    assert _event_files.write_in_caller_thread(writer)
+    assert not tensorboards_thread.is_alive() and tensorboards_thread not in threading.enumerate()
+    (events,) = held.glob("events.out.tfevents.*")
+    size_before = events.stat().st_size  # the file version record
+    for step in range(3):
+        writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+    # The first record goes out at once (no write yet from this thread), the next two wait.
+    after_first = events.stat().st_size
+    assert after_first > size_before
+    writer.add_scalar("train/loss", 0.125, 3)
+    assert events.stat().st_size == after_first
+    writer.flush()
+    assert events.stat().st_size > after_first
+    writer.close()
+    assert read_scalars(held) == [(step, pytest.approx(1.0 / (step + 1))) for step in range(3)] + [(3, 0.125)]
+
+    monkeypatch.setattr(_event_files, "WRITE_EVERY_S", 0.0)
+    writer = SummaryWriter(str(prompt))
+    assert _event_files.write_in_caller_thread(writer)
+    for step in range(4):
+        writer.add_scalar("train/loss", float(step), step)
+        assert read_scalars(prompt)[-1] == (step, float(step))  # on disk before the next one
+    writer.close()
+
+
+def test_a_full_block_of_records_is_written_without_waiting(tmp_path, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from framework_plugins import _event_files
+
+    monkeypatch.setattr(_event_files, "WRITE_EVERY_S", 3600.0)
+    monkeypatch.setattr(_event_files, "BLOCK_BYTES", 1024)
+    writer = SummaryWriter(str(tmp_path))
+    assert _event_files.write_in_caller_thread(writer)
+    for step in range(200):  # ~50 bytes each: the block fills several times
+        writer.add_scalar("train/loss", float(step), step)
+    on_disk = read_scalars(tmp_path)
+    assert 150 < len(on_disk) < 200  # whole blocks written, the last part still pending
+    assert on_disk == [(step, float(step)) for step in range(len(on_disk))]
+    writer.close()
+    assert read_scalars(tmp_path) == [(step, float(step)) for step in range(200)]

@@ -83,6 +83,17 @@ def initial_and_gradients(dtype, steps=STEPS, shapes=SHAPES, seed=0):
     return initial, gradients
 
 
+def bits(tensor):
+    """The tensor's bits as integers: equal bits, not just equal values (-0.0 is not 0.0, NaN is NaN)."""
+    integer = {torch.float32: torch.int32, torch.float64: torch.int64}[tensor.dtype]
+    return tensor.detach().contiguous().view(integer)
+
+
+def assert_same_bits(left, right, where):
+    assert left.dtype == right.dtype and left.shape == right.shape, where
+    assert torch.equal(bits(left), bits(right)), where
+
+
 def train_batched(optimizer, stacked, gradients):
     for step_gradients in gradients:
         for param, gradient in zip(stacked, step_gradients):
@@ -122,7 +133,7 @@ def test_each_job_gets_the_bits_of_its_own_torch_optimizer(case, layout, dtype):
         reference = torch_class(alone, **job_options[job])
         train_alone(reference, alone, job, gradients)
         for index, (param, param_alone) in enumerate(zip(stacked, alone)):
-            assert_identical(param.detach()[job], param_alone.detach(), f"{case}: job {job}, parameter {index}")
+            assert_same_bits(param[job], param_alone, f"{case}: job {job}, parameter {index}")
         # state tensors (step and mu_product in torch's dtype for them) and options, in torch's format
         assert_identical(batched.job_state_dict(job), reference.state_dict(), f"{case}: job {job}'s state")
 
@@ -243,3 +254,22 @@ def test_the_job_axis_is_checked_and_unbatched_optimizers_are_named():
         batched_optimizer(torch.optim.LBFGS, [torch.nn.Parameter(torch.zeros(2, 2))], [{"lr": 0.1}] * 2)
     assert set(BATCHED_OPTIMIZERS) == {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam,
                                        torch.optim.RMSprop, torch.optim.Adagrad}
+
+
+@pytest.mark.parametrize("case", ["sgd momentum some zero", "sgd weight decay", "adam weight decay", "nadam weight decay",
+                                  "rmsprop momentum", "rmsprop centered momentum weight decay"])
+def test_a_job_whose_option_is_zero_skips_torchs_branch(case):
+    """torch runs ``grad.add(param, alpha=weight_decay)`` only when weight_decay != 0 (and the
+    momentum lines only when momentum != 0): an infinite parameter or gradient shows the difference
+    from adding ``0 * inf``, which is NaN."""
+    torch_class, job_options = CASES[case]
+    initial, gradients = initial_and_gradients(torch.float32)
+    initial[1][:, 0] = float("inf")
+    gradients[3][2][:, 1, 2] = float("-inf")
+    stacked = [torch.nn.Parameter(value.clone()) for value in initial]
+    train_batched(batched_optimizer(torch_class, stacked, job_options), stacked, gradients)
+    for job in range(N):
+        alone = [torch.nn.Parameter(value[job].clone()) for value in initial]
+        train_alone(torch_class(alone, **job_options[job]), alone, job, gradients)
+        for index, (param, param_alone) in enumerate(zip(stacked, alone)):
+            assert_same_bits(param[job], param_alone, f"{case}: job {job}, parameter {index}")

@@ -59,6 +59,10 @@ REFUSED_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 PER_JOB_SCALAR_STATE = frozenset({"step", "mu_product"})
 
 
+def _all_equal(values: list[float]) -> bool:
+    return values.count(values[0]) == len(values)
+
+
 def _job_options(torch_class: type[torch.optim.Optimizer], options: Mapping[str, Any]) -> dict[str, Any]:
     """One job's options completed with torch's defaults and checked by torch's own constructor."""
     for name, value in options.items():
@@ -87,9 +91,24 @@ class BatchedOptimizer:
                                  f"the job axis, of length {self.n_jobs}")
             if not torch.is_floating_point(param):
                 raise ValueError(f"parameter {index} is {param.dtype}: only real floating-point parameters are batched")
-        self.job_groups = [_job_options(self.torch_class, options) for options in job_options]
-        self.flags = self._common_flags(self.job_groups)
+        self._set_jobs([_job_options(self.torch_class, options) for options in job_options])
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def _set_jobs(self, groups: list[dict[str, Any]]) -> None:
+        """Every job's options (torch's param group, less ``params``), checked and read into columns."""
+        self.flags = self._common_flags(groups)
+        self.job_groups = groups
+        # Columns are read at every step: made once here, not from the groups each time.
+        self.columns: dict[str, list[float]] = {}
+        for name in groups[0]:
+            if name == "betas":
+                self.columns["beta1"] = [group["betas"][0] for group in groups]
+                self.columns["beta2"] = [group["betas"][1] for group in groups]
+            elif name in PER_JOB_OPTIONS:
+                self.columns[name] = [group[name] for group in groups]
+        self._nonzero = {name: (any(v != 0 for v in values), all(v != 0 for v in values))
+                         for name, values in self.columns.items()}
+        self._shared = {name: values.count(values[0]) == len(values) for name, values in self.columns.items()}
         self._along_jobs_cache: dict[tuple, torch.Tensor] = {}
 
     def _common_flags(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,9 +129,29 @@ class BatchedOptimizer:
 
     def column(self, name: str) -> list[float]:
         """Every job's value of one option (``beta1`` and ``beta2`` name the two ``betas``)."""
-        if name in ("beta1", "beta2"):
-            return [group["betas"][name == "beta2"] for group in self.job_groups]
-        return [group[name] for group in self.job_groups]
+        return self.columns[name]
+
+    def shared(self, *names: str) -> bool:
+        """Whether every job has the same value of each option named."""
+        return all(self._shared[name] for name in names)
+
+    def float64_column(self, name: str) -> torch.Tensor:
+        """One option's values as a float64 tensor of shape (N,), on the CPU.
+
+        For arithmetic that torch does in Python floats: float64 tensor kernels add, subtract,
+        multiply and divide with the same IEEE rounding (one operation at a time), so a Python
+        expression of per-job numbers can run as tensor operations, in the same order, for all
+        jobs at once. ``pow`` is not among them: it stays in Python.
+        """
+        key = (name, "float64")
+        tensor = self._along_jobs_cache.get(key)
+        if tensor is None:
+            tensor = self._along_jobs_cache[key] = torch.tensor(self.columns[name], dtype=torch.float64)
+        return tensor
+
+    def along_jobs_of(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A (N,) tensor of per-job numbers, cast to ``like``'s dtype and shaped to broadcast along its job axis."""
+        return values.to(dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
 
     def along_jobs(self, values: Sequence[float], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``values`` (one Python number per job) as a tensor that broadcasts along ``like``'s job axis.
@@ -133,14 +172,14 @@ class BatchedOptimizer:
 
     def _branch(self, option: str, taken: torch.Tensor, not_taken: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``taken`` for the jobs that take torch's ``if option != 0`` branch, ``not_taken`` for the others."""
-        values = self.column(option)
-        if all(v != 0 for v in values):
+        if self._nonzero[option][1]:
             return taken
-        takes = self._fixed_along_jobs(f"{option} != 0", lambda: [v != 0 for v in values], like, torch.bool)
+        takes = self._fixed_along_jobs(f"{option} != 0", lambda: [v != 0 for v in self.columns[option]], like, torch.bool)
         return torch.where(takes, taken, not_taken)
 
     def any_nonzero(self, option: str) -> bool:
-        return any(v != 0 for v in self.column(option))
+        """Whether some job takes torch's ``if option != 0`` branch."""
+        return self._nonzero[option][0]
 
     def _scalar_state(self, value: float) -> torch.Tensor:
         """A per-job counter, in the dtype torch gives its 0-dim counters (see ``_get_scalar_dtype``)."""
@@ -206,9 +245,7 @@ class BatchedOptimizer:
         groups = [dict(group) for group in state_dict["jobs"]]
         if len(groups) != self.n_jobs:
             raise ValueError(f"the state dict holds {len(groups)} jobs, this optimizer {self.n_jobs}")
-        flags = self._common_flags(groups)
-        self.job_groups, self.flags = groups, flags
-        self._along_jobs_cache.clear()
+        self._set_jobs(groups)
         self.state = {}
         for index, entries in state_dict["state"].items():
             param = self.params[int(index)]
@@ -253,7 +290,7 @@ class BatchedOptimizer:
             group = {name: value for name, value in job_state["param_groups"][0].items()
                      if name not in ("params", "param_names")}
             groups.append(group)
-        flags = self._common_flags(groups)
+        self._common_flags(groups)  # refused before any state is touched
         state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
         for index, param in enumerate(self.params):
             per_job = [job_state["state"].get(index, {}) for job_state in job_state_dicts]
@@ -276,8 +313,8 @@ class BatchedOptimizer:
                 device = "cpu" if name in PER_JOB_SCALAR_STATE else param.device
                 stacked[name] = self._checked_entry(name, torch.stack(values).to(device=device), param)
             state[param] = stacked
-        self.job_groups, self.flags, self.state = groups, flags, state
-        self._along_jobs_cache.clear()
+        self._set_jobs(groups)
+        self.state = state
 
 
 class BatchedSGD(BatchedOptimizer):
@@ -345,14 +382,26 @@ class BatchedAdam(BatchedOptimizer):
         exp_avg_sq.mul_(fixed("beta2", lambda: self.column("beta2"), param)).addcmul_(
             fixed("1 - beta2", lambda: [1 - b for b in self.column("beta2")], param) * grad, grad)
 
-        negative_step_sizes, bias_corrections2_sqrt = [], []
-        for step, lr, beta1, beta2 in zip(step_t.tolist(), self.column("lr"), self.column("beta1"), self.column("beta2")):
+        steps = step_t.tolist()
+        if _all_equal(steps) and self.shared("beta1", "beta2"):
+            # torch's Python lines once, for all jobs; lr is a float64 tensor (see float64_column)
+            step, beta1, beta2 = steps[0], self.columns["beta1"][0], self.columns["beta2"][0]
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
-            step_size = lr / bias_correction1
-            bias_correction2_sqrt = bias_correction2**0.5
-            negative_step_sizes.append(-step_size)
-            bias_corrections2_sqrt.append(bias_correction2_sqrt)
+            step_size = self.float64_column("lr") / bias_correction1
+            bias_correction2_sqrt: float | torch.Tensor = bias_correction2**0.5
+            negative_step_size = self.along_jobs_of(step_size.neg(), param)
+        else:  # the same lines job by job
+            negative_step_sizes, bias_corrections2_sqrt = [], []
+            for step, lr, beta1, beta2 in zip(steps, self.columns["lr"], self.columns["beta1"], self.columns["beta2"]):
+                bias_correction1 = 1 - beta1**step
+                bias_correction2 = 1 - beta2**step
+                step_size = lr / bias_correction1
+                bias_correction2_sqrt = bias_correction2**0.5
+                negative_step_sizes.append(-step_size)
+                bias_corrections2_sqrt.append(bias_correction2_sqrt)
+            negative_step_size = self.along_jobs(negative_step_sizes, param)
+            bias_correction2_sqrt = self.along_jobs(bias_corrections2_sqrt, param)
 
         if self.flags["amsgrad"]:
             max_exp_avg_sq = state["max_exp_avg_sq"]
@@ -360,10 +409,9 @@ class BatchedAdam(BatchedOptimizer):
             second_moment = max_exp_avg_sq
         else:
             second_moment = exp_avg_sq
-        denom = (second_moment.sqrt() / self.along_jobs(bias_corrections2_sqrt, param)).add_(
-            fixed("eps", lambda: self.column("eps"), param))
+        denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(fixed("eps", lambda: self.column("eps"), param))
         # param.addcdiv_(exp_avg, denom, value=-step_size)
-        param.add_((self.along_jobs(negative_step_sizes, param) * exp_avg) / denom)
+        param.add_((negative_step_size * exp_avg) / denom)
 
 
 class BatchedAdamW(BatchedAdam):
@@ -390,7 +438,16 @@ class BatchedNAdam(BatchedOptimizer):
         fixed = self._fixed_along_jobs
         step_t += 1
         steps = step_t.tolist()
-        bias_corrections2 = [1 - beta2**step for step, beta2 in zip(steps, self.column("beta2"))]
+        # torch's Python lines once for all jobs when they can be (lr a float64 tensor), else job by job
+        together = _all_equal(steps) and self.shared("beta1", "beta2", "momentum_decay")
+
+        if together:
+            step, beta1, beta2, momentum_decay = (
+                steps[0], self.columns["beta1"][0], self.columns["beta2"][0], self.columns["momentum_decay"][0])
+            bias_correction2: float | torch.Tensor = 1 - beta2**step
+        else:
+            bias_correction2 = self.along_jobs(
+                [1 - beta2**step for step, beta2 in zip(steps, self.columns["beta2"])], param)
 
         if self.any_nonzero("weight_decay"):
             if self.flags["decoupled_weight_decay"]:
@@ -399,28 +456,40 @@ class BatchedNAdam(BatchedOptimizer):
             else:
                 grad = self._with_weight_decay(grad, param)
 
-        # the momentum cache mu^{t} and mu^{t+1}
-        mus, mu_nexts = [], []
-        for step, beta1, momentum_decay in zip(steps, self.column("beta1"), self.column("momentum_decay")):
-            mus.append(beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay))))
-            mu_nexts.append(beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay))))
-
-        mu_product.mul_(torch.tensor(mus, dtype=mu_product.dtype))
+        # calculate the momentum cache mu^{t} and mu^{t+1}, and update mu_product
+        if together:
+            mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+            mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+            mu_product *= mu
+        else:
+            mus, mu_nexts = [], []
+            for step, beta1, momentum_decay in zip(steps, self.columns["beta1"], self.columns["momentum_decay"]):
+                mus.append(beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay))))
+                mu_nexts.append(beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay))))
+            mu_product.mul_(torch.tensor(mus, dtype=mu_product.dtype))
 
         exp_avg.lerp_(grad, fixed("1 - beta1", lambda: [1 - b for b in self.column("beta1")], param))
         exp_avg_sq.mul_(fixed("beta2", lambda: self.column("beta2"), param)).addcmul_(
             fixed("1 - beta2", lambda: [1 - b for b in self.column("beta2")], param) * grad, grad)
-        denom = exp_avg_sq.div(self.along_jobs(bias_corrections2, param)).sqrt()
+        denom = exp_avg_sq.div(bias_correction2).sqrt()
 
-        grad_values, exp_avg_values = [], []
-        for lr, mu, mu_next, mu_product_value in zip(self.column("lr"), mus, mu_nexts, mu_product.tolist()):
+        if together:
+            lr = self.float64_column("lr")
+            mu_product_value = mu_product.to(torch.float64)  # exact, as _get_value's Python float is
             mu_product_next = mu_product_value * mu_next
-            grad_values.append(-lr * (1.0 - mu) / (1.0 - mu_product_value))
-            exp_avg_values.append((-lr * mu_next) / (1.0 - mu_product_next))
+            grad_value = self.along_jobs_of(-lr * (1.0 - mu) / (1.0 - mu_product_value), param)
+            exp_avg_value = self.along_jobs_of((-lr * mu_next) / (1.0 - mu_product_next), param)
+        else:
+            grad_values, exp_avg_values = [], []
+            for lr, mu, mu_next, mu_product_value in zip(self.columns["lr"], mus, mu_nexts, mu_product.tolist()):
+                mu_product_next = mu_product_value * mu_next
+                grad_values.append(-lr * (1.0 - mu) / (1.0 - mu_product_value))
+                exp_avg_values.append((-lr * mu_next) / (1.0 - mu_product_next))
+            grad_value, exp_avg_value = self.along_jobs(grad_values, param), self.along_jobs(exp_avg_values, param)
         denom.add_(fixed("eps", lambda: self.column("eps"), param))
         # param.addcdiv_(grad, denom, value=...); param.addcdiv_(exp_avg, denom, value=...)
-        param.add_((self.along_jobs(grad_values, param) * grad) / denom)
-        param.add_((self.along_jobs(exp_avg_values, param) * exp_avg) / denom)
+        param.add_((grad_value * grad) / denom)
+        param.add_((exp_avg_value * exp_avg) / denom)
 
 
 class BatchedRMSprop(BatchedOptimizer):
@@ -494,12 +563,17 @@ class BatchedAdagrad(BatchedOptimizer):
         state_sum, step_t = state["sum"], state["step"]
         step_t += 1
         grad = self._with_weight_decay(grad, param)
-        negative_clrs = [-(lr / (1 + (step - 1) * lr_decay))
-                         for step, lr, lr_decay in zip(step_t.tolist(), self.column("lr"), self.column("lr_decay"))]
+        steps = step_t.tolist()
+        if _all_equal(steps) and self.shared("lr_decay"):
+            clr = self.float64_column("lr") / (1 + (steps[0] - 1) * self.columns["lr_decay"][0])
+            negative_clr = self.along_jobs_of(clr.neg(), param)
+        else:
+            negative_clr = self.along_jobs([-(lr / (1 + (step - 1) * lr_decay)) for step, lr, lr_decay
+                                            in zip(steps, self.columns["lr"], self.columns["lr_decay"])], param)
         state_sum.addcmul_(grad, grad, value=1)
         std = state_sum.sqrt().add_(self._fixed_along_jobs("eps", lambda: self.column("eps"), param))
         # param.addcdiv_(grad, std, value=-clr)
-        param.add_((self.along_jobs(negative_clrs, param) * grad) / std)
+        param.add_((negative_clr * grad) / std)
 
 
 # torch's optimizer class -> its batched version. Exact types: a subclass may change the update.

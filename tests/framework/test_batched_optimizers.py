@@ -273,3 +273,28 @@ def test_a_job_whose_option_is_zero_skips_torchs_branch(case):
         train_alone(torch_class(alone, **job_options[job]), alone, job, gradients)
         for index, (param, param_alone) in enumerate(zip(stacked, alone)):
             assert_same_bits(param[job], param_alone, f"{case}: job {job}, parameter {index}")
+
+
+@pytest.mark.parametrize("case", ["adam weight decay", "nadam weight decay", "adagrad"])
+def test_jobs_at_different_steps_continue_as_they_would_alone(case, dtype):
+    """Jobs resumed from their own torch checkpoints, each at another step: the step counters,
+    and with them the bias corrections, differ from job to job."""
+    torch_class, job_options = CASES[case]
+    initial, gradients = initial_and_gradients(dtype)
+    alone_runs = []
+    for job in range(N):
+        alone = [torch.nn.Parameter(value[job].clone()) for value in initial]
+        optimizer = torch_class(alone, **job_options[job])
+        train_alone(optimizer, alone, job, gradients[:3 + 4 * job])
+        alone_runs.append((alone, optimizer))
+    stacked = [torch.nn.Parameter(torch.stack([alone[index].detach() for alone, _ in alone_runs]))
+               for index in range(len(initial))]
+    batched = batched_optimizer(torch_class, stacked, [{"lr": 1.0}] * N)
+    batched.load_job_state_dicts([optimizer.state_dict() for _, optimizer in alone_runs])
+
+    train_batched(batched, stacked, gradients[30:])
+    for job, (alone, optimizer) in enumerate(alone_runs):
+        train_alone(optimizer, alone, job, gradients[30:])
+        for index, (param, param_alone) in enumerate(zip(stacked, alone)):
+            assert_same_bits(param[job], param_alone, f"{case}: job {job}, parameter {index}")
+        assert_identical(batched.job_state_dict(job), optimizer.state_dict(), f"{case}: job {job}'s state")

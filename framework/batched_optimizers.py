@@ -125,6 +125,15 @@ class BatchedOptimizer:
                                  f"single-tensor code path is mirrored")
         return flags
 
+    def set_job_options(self, name: str, values: Sequence[Any]) -> None:
+        """Give each job a new value of one numeric option, as ``group[name] = value`` does in torch
+        (a learning-rate schedule, job by job); the next step uses them."""
+        if name not in PER_JOB_OPTIONS or name not in self.job_groups[0]:
+            raise ValueError(f"{name!r} is not a numeric option of {self.torch_class.__name__}")
+        if len(values) != self.n_jobs:
+            raise ValueError(f"{len(values)} values of {name!r} for {self.n_jobs} jobs")
+        self._set_jobs([{**group, name: value} for group, value in zip(self.job_groups, values)])
+
     # -- per-job numbers ---------------------------------------------------------------------
 
     def column(self, name: str) -> list[float]:
@@ -249,13 +258,25 @@ class BatchedOptimizer:
         self.state = {}
         for index, entries in state_dict["state"].items():
             param = self.params[int(index)]
-            self.state[param] = {name: self._checked_entry(name, value, param).clone() for name, value in entries.items()}
+            self.state[param] = {name: self._checked_entry(name, value, param) for name, value in entries.items()}
 
     def _checked_entry(self, name: str, value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        """A copy of one loaded state entry, placed as torch's ``load_state_dict`` places it.
+
+        Counters keep their dtype and stay on the CPU; the rest takes the parameter's dtype and
+        device (torch's ``_process_value_according_to_param_policy`` without capturable or fused).
+        """
         expected = (self.n_jobs,) if name in PER_JOB_SCALAR_STATE else tuple(param.shape)
         if tuple(value.shape) != expected:
             raise ValueError(f"state entry {name!r} has shape {tuple(value.shape)}, expected {expected}")
-        return value
+        if name in PER_JOB_SCALAR_STATE:
+            return value.to(device="cpu", copy=True)
+        return value.to(dtype=param.dtype, device=param.device, copy=True)
+
+    def _job_keeps(self, job: int, name: str, groups: list[dict[str, Any]] | None = None) -> bool:
+        """Whether torch keeps state entry ``name`` for this job (no momentum buffer when momentum is 0)."""
+        option = self.state_needs_option.get(name)
+        return option is None or (groups or self.job_groups)[job][option] != 0
 
     def job_state_dict(self, job: int) -> dict[str, Any]:
         """Job ``job``'s state in the format of ``torch.optim.X.state_dict()`` over its own parameters.
@@ -270,7 +291,7 @@ class BatchedOptimizer:
             if param not in self.state:
                 continue
             entries = {name: value[job].clone() for name, value in self.state[param].items()
-                       if self.job_groups[job].get(self.state_needs_option.get(name, ""), 1) != 0}
+                       if self._job_keeps(job, name)}
             if entries:
                 state[index] = entries
         return {"state": state, "param_groups": [group]}
@@ -304,14 +325,13 @@ class BatchedOptimizer:
                 for job, entries in enumerate(per_job):
                     if name in entries:
                         values.append(torch.as_tensor(entries[name]))
-                    elif groups[job].get(self.state_needs_option.get(name, ""), 1) == 0:
+                    elif not self._job_keeps(job, name, groups):
                         # torch keeps no such entry for this job (its option is 0): the batch's is unused
                         values.append(torch.zeros_like(present))
                     else:
                         raise ValueError(f"job {job}'s state dict has no {name!r} for parameter {index}, "
                                          f"which other jobs have")
-                device = "cpu" if name in PER_JOB_SCALAR_STATE else param.device
-                stacked[name] = self._checked_entry(name, torch.stack(values).to(device=device), param)
+                stacked[name] = self._checked_entry(name, torch.stack(values), param)
             state[param] = stacked
         self._set_jobs(groups)
         self.state = state

@@ -46,6 +46,8 @@ CASES = {
     "adam amsgrad": (torch.optim.Adam, jobs(betas=BETAS, amsgrad=True)),
     "adam weight decay": (torch.optim.Adam, jobs(weight_decay=[0.0, 1e-2, 1e-1, 0.0, 5e-2])),
     "adam maximize": (torch.optim.Adam, jobs(maximize=True)),
+    "adam decoupled weight decay": (torch.optim.Adam, jobs(weight_decay=[0.0, 1e-2, 1e-1, 0.0, 5e-2],
+                                                           decoupled_weight_decay=True)),
     "adamw": (torch.optim.AdamW, jobs(betas=BETAS, weight_decay=[0.0, 1e-2, 1e-1, 0.0, 5e-2])),
     "adamw amsgrad": (torch.optim.AdamW, jobs(amsgrad=True, eps=EPS)),
     "nadam": (torch.optim.NAdam, jobs(betas=BETAS, eps=EPS, momentum_decay=[4e-3, 1e-3, 1e-2, 4e-3, 0.0])),
@@ -298,3 +300,25 @@ def test_jobs_at_different_steps_continue_as_they_would_alone(case, dtype):
         for index, (param, param_alone) in enumerate(zip(stacked, alone)):
             assert_same_bits(param[job], param_alone, f"{case}: job {job}, parameter {index}")
         assert_identical(batched.job_state_dict(job), optimizer.state_dict(), f"{case}: job {job}'s state")
+
+
+@pytest.mark.parametrize("case", ["sgd nesterov", "adam", "nadam", "rmsprop centered", "adagrad"])
+def test_new_learning_rates_mid_run_act_as_torchs_group_lr(case):
+    """A schedule sets torch's ``param_groups[0]["lr"]``; set_job_options does it job by job."""
+    torch_class, job_options = CASES[case]
+    initial, gradients = initial_and_gradients(torch.float32)
+    half = STEPS // 2
+    new_lrs = [lr * 0.37 for lr in LRS]
+    stacked = [torch.nn.Parameter(value.clone()) for value in initial]
+    batched = batched_optimizer(torch_class, stacked, job_options)
+    train_batched(batched, stacked, gradients[:half])
+    batched.set_job_options("lr", new_lrs)
+    train_batched(batched, stacked, gradients[half:])
+    for job in range(N):
+        alone = [torch.nn.Parameter(value[job].clone()) for value in initial]
+        optimizer = torch_class(alone, **job_options[job])
+        train_alone(optimizer, alone, job, gradients[:half])
+        optimizer.param_groups[0]["lr"] = new_lrs[job]
+        train_alone(optimizer, alone, job, gradients[half:])
+        for index, (param, param_alone) in enumerate(zip(stacked, alone)):
+            assert_same_bits(param[job], param_alone, f"{case}: job {job}, parameter {index}")

@@ -26,7 +26,7 @@ foreach nor fused) line by line:
   ``a.add(b, alpha=s)`` as one fused multiply-add ``fma(b, s, a)``, which ``a.addcmul(b, s_t)``
   also is, and ``a.addcmul(b, c, value=s)`` as ``fma(s*b, c, a)``, which is
   ``a.addcmul(s_t*b, c)``; ``a.addcdiv(b, c, value=s)`` rounds ``(s*b)/c`` and then the sum, which
-  is ``a.add((s_t*b)/c)``. ``tests/framework/test_batched_optimizers.py`` holds the proof;
+  is ``a.add((s_t*b)/c)``. ``tests/plugins/test_batched_optimizers.py`` holds the proof;
 - step counters (and NAdam's ``mu_product``) are tensors of shape (N,) in torch's dtype for them:
   float32 unless the default dtype is float64 when the state is created;
 - a branch torch takes on a number (``weight_decay != 0``, ``momentum != 0``) runs for the jobs

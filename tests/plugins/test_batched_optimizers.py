@@ -1,4 +1,4 @@
-"""The batched optimizers (framework.batched_optimizers) give each job exactly (bit for bit) the
+"""The batched optimizers (framework_plugins._batched_optimizers) give each job exactly (bit for bit) the
 parameters and optimizer state that torch.optim gives that job alone, on the CPU.
 
 The reference is plain torch: one ``torch.optim.X(params, **options)`` per job, with whatever code
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
-from framework.batched_optimizers import BATCHED_OPTIMIZERS, batched_optimizer
+from framework_plugins._batched_optimizers import BATCHED_OPTIMIZERS, batched_optimizer
 
 N = 5
 STEPS = 50

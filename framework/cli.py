@@ -41,6 +41,7 @@ from framework.sweeps import (
     mark_interrupted,
     threads_per_job,
 )
+from framework.vectorized import share_components
 
 log = logging.getLogger("framework")
 
@@ -67,6 +68,7 @@ def main() -> None:
         if cache is not None:
             cache.save(registry, manager)  # only if stale: the next --help needs no plugin
         store_configs(registry)
+        share_components(manager, registry)  # for the vectorized launcher (hydra/launcher=vectorized)
         failed_run: list[Exception] = []  # a single run's error, raised once Hydra is done
 
         def train(cfg: DictConfig) -> float | None:

@@ -32,6 +32,27 @@ def sum_squared_error(predictions, targets):
     return (predictions - targets).pow(2).sum()
 
 
+def per_job_mean(losses):
+    """Every dimension but the first (the job axis of a batched sweep) reduced by the mean."""
+    return losses.mean(dim=tuple(range(1, losses.dim())))
+
+
+# The built-in losses for N jobs at once (the vectorized launcher, framework/batched_fit.py):
+# predictions (N, *targets.shape) -> (N,), job j's value and gradients bit for bit those of the
+# loss of its predictions alone (tests/framework/test_batched_fit.py). Elementwise with no
+# reduction, then the mean or sum over the job's elements, is the single loss's arithmetic.
+PER_JOB_LOSSES = {
+    "mse": lambda config: lambda predictions, targets: per_job_mean(
+        F.mse_loss(predictions, targets.expand_as(predictions), reduction="none")),
+    "sse": lambda config: lambda predictions, targets: (predictions - targets).pow(2).sum(
+        dim=tuple(range(1, predictions.dim()))),
+    "l1": lambda config: lambda predictions, targets: per_job_mean(
+        F.l1_loss(predictions, targets.expand_as(predictions), reduction="none")),
+    "huber": lambda config: lambda predictions, targets: per_job_mean(
+        F.huber_loss(predictions, targets.expand_as(predictions), reduction="none", delta=config["delta"])),
+}
+
+
 @hookimpl
 def framework_components():
     return [

@@ -25,6 +25,7 @@ class Polynomial(torch.nn.Module):
     """y = sum of coefficient * x**power over the terms, added left to right as written."""
 
     dense_gradients = True  # every coefficient is in every forward (framework.flat_parameters)
+    broadcasts_over_jobs = True  # scalars in elementwise arithmetic only (framework.batched_fit)
 
     def __init__(self, names: list[str], powers: list[int], init: str) -> None:
         super().__init__()

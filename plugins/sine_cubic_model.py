@@ -29,6 +29,7 @@ class SineCubicConfig:
 
 class SineCubic(torch.nn.Module):
     dense_gradients = True  # every coefficient is in every forward (framework.flat_parameters)
+    broadcasts_over_jobs = True  # scalars in elementwise arithmetic only (framework.batched_fit)
 
     def __init__(self, a: float, b: float, c: float, d: float) -> None:
         super().__init__()

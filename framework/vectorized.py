@@ -25,6 +25,7 @@ launcher runs them, with a log line saying why.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from framework.batched_fit import Trajectory, batched_fit, flat_trainable, is_flattened
 from framework.errors import TrainingError
@@ -184,7 +185,7 @@ def build_job(config: DictConfig) -> LoopState:
     from framework.devices import resolve_device, resolve_dtype, seed_everything
     from framework.run import checked_trainer
 
-    task = OmegaConf.create(task_part_unresolved(config))
+    task = task_part_unresolved(config)
     trainer = checked_trainer(task)
     device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
     seed_everything(trainer.seed)
@@ -192,9 +193,11 @@ def build_job(config: DictConfig) -> LoopState:
 
 
 def task_part_unresolved(config: DictConfig) -> DictConfig:
-    task = config.copy()
-    with open_dict(task):
-        del task["hydra"]
+    """The job's config as its task function receives it (as Hydra's run_job makes it)."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        if "hydra" in task:
+            del task["hydra"]
     return task
 
 

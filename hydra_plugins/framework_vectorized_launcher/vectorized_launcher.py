@@ -1,8 +1,8 @@
 """A thin Hydra launcher: jobs that differ only in numbers train as one batched computation
 (issue 12); the grouping, the batched fit and the jobs' outputs are ``framework.vectorized``'s."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it is in
+# sys.modules, where dataclasses cannot resolve string annotations.
 from dataclasses import dataclass
 from typing import Optional, Sequence
 

@@ -9,12 +9,24 @@ from framework import AutogradCheck, Component, ConfigError, hookimpl, setting
 
 
 class LegendreP3(torch.autograd.Function):
-    """The Legendre polynomial P3(z) = (5z^3 - 3z) / 2, with its derivative 1.5 (5z^2 - 1)."""
+    """The Legendre polynomial P3(z) = (5z^3 - 3z) / 2, with its derivative 1.5 (5z^2 - 1).
+
+    Written the way ``torch.func`` needs a custom Function: ``forward`` takes the inputs only,
+    ``setup_context`` saves what backward needs, and ``generate_vmap_rule = True`` lets
+    ``vmap`` run it over a batch of jobs (the vectorized launcher, framework/batched_fit.py) by
+    running these same elementwise operations on the batched tensors.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, z):
-        ctx.save_for_backward(z)
+    def forward(z):
         return 0.5 * (5 * z**3 - 3 * z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (z,) = inputs
+        ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, grad_output):

@@ -56,9 +56,9 @@ def train_alone(train, manager, tmp_path):
     return lambda overrides: alone(train, overrides, tmp_path / f"run{next(runs)}")
 
 
-def batched(compose_config, overrides_per_job):
+def batched(compose_config, overrides_per_job, broadcast=True):
     states = [build_job(compose_config(["trainer.device=cpu", *overrides])) for overrides in overrides_per_job]
-    return batched_fit(states, vectorized.per_job_loss(states[0]))
+    return batched_fit(states, vectorized.per_job_loss(states[0]) if broadcast else None)
 
 
 def same_bits(expected: list[float], got: torch.Tensor) -> bool:
@@ -67,8 +67,8 @@ def same_bits(expected: list[float], got: torch.Tensor) -> bool:
                 and torch.equal(expected.nan_to_num(), got.nan_to_num()))
 
 
-def assert_jobs_match_their_own_runs(train_alone, compose_config, jobs):
-    trajectories = batched(compose_config, jobs)
+def assert_jobs_match_their_own_runs(train_alone, compose_config, jobs, broadcast=True):
+    trajectories = batched(compose_config, jobs, broadcast)
     for overrides, trajectory in zip(jobs, trajectories):
         result, losses = train_alone(overrides)
         assert trajectory.steps == result["steps"], overrides
@@ -121,6 +121,16 @@ def test_each_batched_job_is_bitwise_its_own_run_for_every_batched_optimizer(
 def test_models_and_losses_batched_bitwise(task, varied, shared, train_alone, compose_config):
     jobs = [[*task.split(), *job.split(), "logger=[]"] for job in varied]
     assert_jobs_match_their_own_runs(train_alone, compose_config, jobs)
+
+
+@pytest.mark.parametrize("task, varied", [
+    # LegendreP3, a custom autograd Function, under vmap: setup_context and generate_vmap_rule
+    ("+task=legendre trainer.max_steps=40", ["optimizer.lr=1e-6", "optimizer.lr=5e-6"]),
+    ("+task=polyfit trainer.max_steps=40", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
+])
+def test_the_vmap_path_that_any_model_takes_is_bitwise_too(task, varied, shared, train_alone, compose_config):
+    jobs = [[*task.split(), *job.split(), "logger=[]"] for job in varied]
+    assert_jobs_match_their_own_runs(train_alone, compose_config, jobs, broadcast=False)
 
 
 def test_a_diverging_job_stops_alone_at_its_own_step_and_the_others_go_on(shared, train_alone, compose_config):

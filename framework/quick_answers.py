@@ -78,6 +78,7 @@ def _compose(argv: list[str], components: list, help_wanted: bool) -> int | None
     from framework.error_messages import describe_error
     from framework.run_folders import register_resolvers
     from framework.schema import null_group_overrides, store_configs
+    from hydra_plugins.framework_vectorized_launcher.vectorized_launcher import register as register_launcher
 
     version.setbase("1.3")  # as framework/cli.py's hydra.main(version_base="1.3")
     GlobalHydra.instance().clear()
@@ -85,6 +86,7 @@ def _compose(argv: list[str], components: list, help_wanted: bool) -> int | None
         argv = null_group_overrides(argv)
         store_configs(components)
         register_resolvers()
+        register_launcher()  # hydra/launcher=vectorized, as the full path knows it
         search_path = create_automatic_config_search_path(None, CLI_MODULE, str(config_dir()))
         hydra = Hydra.create_main_hydra2(task_name=detect_task_name(None, CLI_MODULE),
                                          config_search_path=search_path)

@@ -68,22 +68,10 @@ SHARED = SharedComponents()
 def share_components(manager, registry) -> None:
     """Called by the CLI before Hydra starts: jobs are built and replayed with its plugins; and
     the launcher is made known to Hydra."""
+    from hydra_plugins.framework_vectorized_launcher.vectorized_launcher import register
+
     SHARED.manager, SHARED.registry = manager, registry
-    register_launcher()
-
-
-def register_launcher() -> None:
-    """Make ``hydra/launcher=vectorized`` known to Hydra however the framework is installed.
-
-    Hydra finds plugins by listing the ``hydra_plugins`` namespace package's folders, which an
-    editable install (``pip install -e``) does not show it: its import hook maps the launcher's
-    module without a folder on the path. Importing the module stores its config, and Hydra's
-    own ``Plugins.register`` adds the class (a no-op when the scan found it)."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.framework_vectorized_launcher.vectorized_launcher import VectorizedLauncher
-
-    Plugins.instance().register(VectorizedLauncher)
+    register()
 
 
 @dataclass
@@ -390,11 +378,15 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     if SHARED.manager is None:
         for job in jobs:
             job.alone_because = "the launcher runs outside the framework's command line"
+        batches = []
     else:
-        train_batches(plan(jobs, launcher.max_batch_mib, launcher.max_batch_jobs))
+        batches = plan(jobs, launcher.max_batch_mib, launcher.max_batch_jobs)
+    batched = sum(len(batch) for batch in batches)
+    log.info("Launching %d jobs: %d in %d batch(es), %d one by one", len(jobs), batched, len(batches),
+             len(jobs) - batched)
+    if batches:
+        train_batches(batches)
         SHARED.manager.register(replay, name="framework.vectorized.replay")
-    batched = sum(job.trajectory is not None for job in jobs)
-    log.info("Launching %d jobs: %d trained in batches, %d run one by one", len(jobs), batched, len(jobs) - batched)
     runs = []
     try:
         for job in jobs:
@@ -409,7 +401,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                 replay.pending = None
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     finally:
-        if SHARED.manager is not None:
+        if batches:
             SHARED.manager.unregister(replay)
     return runs
 

@@ -27,6 +27,19 @@ ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=Vec
                              provider="framework")
 
 
+def register() -> None:
+    """Make ``hydra/launcher=vectorized`` known to Hydra however the framework is installed.
+
+    Hydra finds plugins by listing the folders of the ``hydra_plugins`` namespace package, and an
+    editable install (``pip install -e``) shows it none: its import hook maps this module without
+    a folder on the path. Importing this module has stored the config; Hydra's own
+    ``Plugins.register`` adds the class (nothing when the scan found it). No torch is imported:
+    ``--help`` calls it too (framework/quick_answers.py)."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(VectorizedLauncher)
+
+
 class VectorizedLauncher(Launcher):
     def __init__(self, max_batch_mib: float = 1024.0, max_batch_jobs: Optional[int] = None) -> None:
         self.max_batch_mib = max_batch_mib

@@ -1,27 +1,31 @@
 """N built runs that differ only in numbers, trained as one batched computation (issue 12).
 
-The jobs' runs are built one by one exactly as their own fits would build them (their own seed,
-so their own initial values); here their parameters are stacked along a leading job axis, the
-model runs once for all jobs (``torch.func.vmap`` over ``functional_call`` of the first job's
-model), and one batched optimizer (``framework_plugins._batched_optimizers``) updates every job
-with its own numbers.
+The jobs' runs are built one by one exactly as their own fits build them (their own seed, so their
+own initial values); here their parameters are stacked along a leading job axis, the model runs
+once for all jobs, and one batched optimizer (``framework_plugins._batched_optimizers``) updates
+every job with its own numbers.
 
-Each job gets the bits its own run gets on the CPU, because every operation of its step is
-mirrored:
-- the per-job loss is the job's loss function under vmap, which reduces every dimension but the
-  job dimension; backward runs on the **sum** of the per-job losses, so each job's loss receives
-  the gradient 1, as a single run's ``loss.backward()`` gives it;
+Each job gets the bits its own run gets on the CPU, because every operation of its step
+(``plugins/default_step.py``) is mirrored:
+- the model runs with the stacked parameters, through a broadcast path where the model offers one
+  (:data:`BROADCASTS_OVER_JOBS`) or under ``torch.func.vmap`` over ``functional_call``;
+- the per-job loss reduces every dimension but the job dimension; backward runs on the **sum** of
+  the per-job losses, so each job's loss receives the gradient 1, as a single run's
+  ``loss.backward()`` gives it (never the mean, which would scale every job's gradient by 1/N);
 - gradients are zeroed as the job's own optimizer zeroes them: in place where the run's
-  parameters are flattened (``framework/flat_parameters.py``: autograd then adds the new gradient
-  to zeros), set to None otherwise;
-- the batched optimizer mirrors torch's single-tensor update, job by job
-  (``tests/framework/test_batched_fit.py`` compares with ``framework.train``).
+  parameters are flattened (``framework/flat_parameters.py``: one (N, P) leaf here, autograd
+  adding to zeros), set to None otherwise (one leaf per parameter);
+- ``trainer.grad_clip`` clips each job by its own norm, computed as ``clip_grad_norm_`` computes
+  it on the CPU: each parameter's norm, then the norm of those;
+- the batched optimizer mirrors torch's single-tensor update, job by job.
+``tests/framework/test_batched_fit.py`` compares every case with the job's own run.
 
 A job stops alone: the first step whose loss is not finite is its last, as in its own run (the
-update of that step included), and the others go on. What the run of each job records (its loss,
-parameters and gradients after every step, its optimizer's state at its end) is kept in a
-:class:`Trajectory`, which :mod:`framework.vectorized` replays through the job's own fit so that
-the job's folder gets exactly what its own fit writes.
+update of that step included), and the others go on. Every step's losses, parameters, gradients,
+gradient norms and optimizer state are kept in a :class:`BatchRecord`, which
+:mod:`framework.vectorized` replays through each job's own fit: that fit's stops (tolerances,
+early stopping) then end it where its own run would end, and its checkpoints hold the optimizer
+state of that step.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -39,26 +44,77 @@ from framework.batches import next_batch
 from framework.state import LoopState, Progress
 
 
-@dataclass
-class Trajectory:
-    """One job's record of a batched fit: what its own steps would have given.
+class BatchRecord:
+    """What a batched fit computed at every step, for every job (the job axis second).
 
-    ``losses[i]``, ``params[i]`` and ``grads[i]`` are the loss of step ``i + 1`` (computed before
-    its update), the trainable parameters after its update (flat, in ``run.trainable`` order) and
-    the gradients it used. ``steps`` is how many steps the job ran: the step limit, or the step
-    whose loss was not finite. ``optimizer_state`` is the state dict of the job's own optimizer
-    after its last step (None when the job failed: a failed run saves no checkpoint).
+    ``losses[i, j]``: job j's loss at step i + 1 (before its update); ``params[i, j]`` and
+    ``grads[i, j]``: its trainable parameters after that update and the gradients it used, flat in
+    ``run.trainable`` order; ``grad_norms[i, j]``: its pre-clipping gradient norm (with
+    ``trainer.grad_clip``); the optimizer's state after every step (:meth:`job_state_dict`).
     """
 
-    losses: list[torch.Tensor]
-    params: torch.Tensor
-    grads: torch.Tensor
+    def __init__(self, optimizer, max_steps: int, n_jobs: int, width: int, like: torch.Tensor, clipped: bool) -> None:
+        self.optimizer = optimizer
+        self.losses = like.new_empty(max_steps, n_jobs)
+        self.params = like.new_empty(max_steps, n_jobs, width)
+        self.grads = like.new_empty(max_steps, n_jobs, width)
+        self.grad_norms = like.new_empty(max_steps, n_jobs) if clipped else None
+        self.states: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        self.max_steps = max_steps
+
+    def record_state(self, step: int) -> None:
+        """Keep the optimizer's state after step ``step + 1`` (entries appear at the first step)."""
+        for param, entries in self.optimizer.state.items():
+            logs = self.states.setdefault(param, {})
+            for name, value in entries.items():
+                log = logs.get(name)
+                if log is None:
+                    log = logs[name] = value.new_zeros(self.max_steps, *value.shape)
+                log[step].copy_(value)
+
+    def job_state_dict(self, job: int, steps: int) -> dict[str, Any]:
+        """Job ``job``'s optimizer state after ``steps`` steps, as the batched optimizer's
+        ``job_state_dict`` gives it (one entry per stacked parameter)."""
+        current = self.optimizer.state
+        self.optimizer.state = {param: {name: log[steps - 1] for name, log in logs.items()}
+                                for param, logs in self.states.items()}
+        try:
+            return self.optimizer.job_state_dict(job)
+        finally:
+            self.optimizer.state = current
+
+
+@dataclass
+class Trajectory:
+    """One job's view of a :class:`BatchRecord`: ``steps`` is how many steps it ran (the step
+    limit, or the step whose loss was not finite)."""
+
+    record: BatchRecord
+    job: int
     steps: int
     initial_params: torch.Tensor
-    optimizer_state: dict[str, Any] | None = None
-    batch_jobs: int = 1
-    batch_wall_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    batch_jobs: int
+    batch_wall_s: float
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        return list(self.record.losses[:self.steps, self.job].unbind())
+
+    @property
+    def params(self) -> torch.Tensor:
+        return self.record.params[:self.steps, self.job]
+
+    @property
+    def failed(self) -> bool:
+        return not math.isfinite(float(self.record.losses[self.steps - 1, self.job])) if self.steps else False
+
+    def optimizer_state(self, state: LoopState, steps: int) -> dict[str, Any]:
+        """The state dict of the job's own optimizer after ``steps`` steps (``steps`` >= 1)."""
+        own = state.run.optimizer.state_dict()
+        # The batch's parameters are the job's optimizer's, one for one: the flat tensor of a
+        # flattened run, its parameters otherwise; each entry is the job's slice.
+        own["state"] = self.record.job_state_dict(self.job, steps)["state"]
+        return own
 
 
 def flat_trainable(state: LoopState) -> torch.Tensor:
@@ -81,26 +137,17 @@ def job_options(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             if name in accepted and name != "params"}
 
 
-def torch_state_dict(state: LoopState, batched_state: dict[str, Any]) -> dict[str, Any]:
-    """A batched optimizer's ``job_state_dict`` (one entry per trainable parameter) in the layout of
-    the job's own optimizer: one flat tensor when its parameters are flattened."""
-    optimizer = state.run.optimizer
-    own = optimizer.state_dict()
-    per_param = batched_state["state"]
-    if not is_flattened(state):
-        own["state"] = {index: {name: value.clone() for name, value in entries.items()}
-                        for index, entries in per_param.items()}
-        return own
-    names = list(dict.fromkeys(name for entries in per_param.values() for name in entries))
-    flat: dict[str, torch.Tensor] = {}
-    for name in names:
-        values = [per_param[index][name] for index in sorted(per_param)]
-        if values[0].dim() == 0 and all(v.dim() == 0 for v in values) and name in ("step", "mu_product"):
-            flat[name] = values[0].clone()  # every parameter takes every step: one counter
-        else:
-            flat[name] = torch.cat([v.reshape(-1) for v in values])
-    own["state"] = {0: flat} if flat else {}
-    return own
+def clip_per_job(gradients: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for each job (the first axis): the (N,) norms before
+    clipping. As torch does on the CPU: each parameter's 2-norm, the 2-norm of those, then every
+    gradient times ``clamp(max_norm / (norm + 1e-6), max=1)``."""
+    n_jobs = gradients[0].shape[0]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(n_jobs, -1), 2, dim=1) for g in gradients], dim=1)
+    total = torch.linalg.vector_norm(norms, 2, dim=1)
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for gradient in gradients:
+        gradient.mul_(coefficient.view(-1, *([1] * (gradient.dim() - 1))))
+    return total
 
 
 def batched_fit(states: list[LoopState], per_job: Callable | None = None) -> list[Trajectory]:
@@ -108,22 +155,20 @@ def batched_fit(states: list[LoopState], per_job: Callable | None = None) -> lis
     :class:`Trajectory` per job, in order. ValueError when they cannot be batched.
 
     ``per_job(predictions, targets)``: the run's loss for each job of predictions with a leading
-    job axis (:func:`per_job_loss_function`); None: the run's loss function under vmap."""
+    job axis (``framework_plugins.losses.PER_JOB_LOSSES``); None: the run's loss function under
+    vmap."""
     from framework_plugins._batched_optimizers import batched_optimizer  # the optimizers are plugins'
-
-    import time
 
     started = time.perf_counter()
     first = states[0].run
     n_jobs = len(states)
     trainable_names = list(first.trainable)
     named = [dict(state.run.model.named_parameters()) for state in states]
-    stacked: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name in named[0]:
-            stacked[name] = torch.stack([parameters[name].detach() for parameters in named])
-    flattened = is_flattened(states[0])
+        stacked = {name: torch.stack([parameters[name].detach() for parameters in named]) for name in named[0]}
     shapes = {name: tuple(stacked[name].shape[1:]) for name in trainable_names}
+    sizes = [math.prod(shapes[name]) for name in trainable_names]
+    flattened = is_flattened(states[0])
     if flattened:
         # One (N, P) leaf, as the run's one flat tensor: the parameters are views of it, and the
         # run's zero_grad zeroes its gradient in place, autograd adding to the zeros.
@@ -133,8 +178,7 @@ def batched_fit(states: list[LoopState], per_job: Callable | None = None) -> lis
         flat.grad = torch.zeros_like(flat)
         leaves = [flat]
         bounds, offset = {}, 0
-        for name in trainable_names:
-            size = math.prod(shapes[name])
+        for name, size in zip(trainable_names, sizes):
             bounds[name] = (offset, offset + size)
             offset += size
 
@@ -143,23 +187,24 @@ def batched_fit(states: list[LoopState], per_job: Callable | None = None) -> lis
             for name, (start, stop) in bounds.items():
                 current[name] = flat[:, start:stop].view(n_jobs, *shapes[name])
             return current
+
+        def gradients() -> list[torch.Tensor]:  # each parameter's gradient: views of the flat one
+            return [flat.grad[:, start:stop] for start, stop in bounds.values()]
     else:
         leaves = [stacked[name].requires_grad_(True) for name in trainable_names]
 
         def parameters() -> dict[str, torch.Tensor]:
             return stacked
 
+        def gradients() -> list[torch.Tensor]:
+            return [leaf.grad for leaf in leaves if leaf.grad is not None]
+
     optimizer = batched_optimizer(type(first.optimizer), leaves, [job_options(s.run.optimizer) for s in states])
     per_job_loss, restore_model = per_job_loss_function(first, parameters, per_job)
     initial_params = [flat_trainable(state) for state in states]
-
+    clip = first.trainer.grad_clip
     max_steps = first.max_steps
-    sizes = [leaf[0].numel() for leaf in leaves]  # one leaf (flattened) or one per parameter
-    width = sum(sizes)
-    dtype, device = leaves[0].dtype, leaves[0].device
-    params_log = torch.empty(max_steps, n_jobs, width, dtype=dtype, device=device)
-    grads_log = torch.empty(max_steps, n_jobs, width, dtype=dtype, device=device)
-    losses_log = torch.empty(max_steps, n_jobs, dtype=dtype, device=device)
+    record = BatchRecord(optimizer, max_steps, n_jobs, sum(sizes), leaves[0].detach(), clip is not None)
     failed_at: list[int | None] = [None] * n_jobs  # the step whose loss was not finite
     running = n_jobs
     # The first job's progress hands out the batches: the jobs share data and batch order.
@@ -171,26 +216,30 @@ def batched_fit(states: list[LoopState], per_job: Callable | None = None) -> lis
         for step in range(max_steps):
             if not full_batch:
                 features, targets = next_batch(first, progress)
-            if flattened:
-                for leaf in leaves:
+            for leaf in leaves:
+                if flattened:
                     leaf.grad.zero_()
-            else:
-                for leaf in leaves:
+                else:
                     leaf.grad = None
             losses = per_job_loss(features, targets)
             losses.sum().backward()
+            if clip is not None:
+                with torch.no_grad():
+                    record.grad_norms[step].copy_(clip_per_job(gradients(), clip))
             optimizer.step()
             steps_done = step + 1
             with torch.no_grad():
-                losses_log[step].copy_(losses)
+                record.losses[step].copy_(losses)
                 offset = 0
-                for leaf, size in zip(leaves, sizes):
-                    params_log[step, :, offset:offset + size].copy_(leaf.reshape(n_jobs, -1))
+                for leaf in leaves:
+                    width = leaf[0].numel()
+                    record.params[step, :, offset:offset + width].copy_(leaf.reshape(n_jobs, -1))
                     if leaf.grad is not None:
-                        grads_log[step, :, offset:offset + size].copy_(leaf.grad.reshape(n_jobs, -1))
+                        record.grads[step, :, offset:offset + width].copy_(leaf.grad.reshape(n_jobs, -1))
                     else:
-                        grads_log[step, :, offset:offset + size].zero_()
-                    offset += size
+                        record.grads[step, :, offset:offset + width].zero_()
+                    offset += width
+                record.record_state(step)
             if not bool(torch.isfinite(losses).all()):
                 for job, value in enumerate(losses.tolist()):
                     if failed_at[job] is None and not math.isfinite(value):
@@ -199,22 +248,8 @@ def batched_fit(states: list[LoopState], per_job: Callable | None = None) -> lis
                 if running == 0:
                     break
     wall_s = time.perf_counter() - started
-    trajectories = []
-    for job, state in enumerate(states):
-        steps = failed_at[job] or steps_done
-        completed = failed_at[job] is None
-        trajectories.append(Trajectory(
-            losses=list(losses_log[:steps, job].unbind()),
-            params=params_log[:steps, job],
-            grads=grads_log[:steps, job],
-            steps=steps,
-            initial_params=initial_params[job],
-            optimizer_state=torch_state_dict(state, optimizer.job_state_dict(job)) if completed else None,
-            batch_jobs=n_jobs,
-            batch_wall_s=wall_s,
-        ))
-    return trajectories
-
+    return [Trajectory(record, job, failed_at[job] or steps_done, initial_params[job], n_jobs, wall_s)
+            for job in range(n_jobs)]
 
 
 @contextlib.contextmanager

@@ -87,24 +87,29 @@ class Job:
 # ---------------------------------------------------------------------------------- grouping
 
 
+# Callbacks that only read what the fit computes (their stops act in each job's replayed fit).
+REPLAYABLE_CALLBACKS = ("early_stopping",)
+
+
 def why_not_batched(task_config: dict[str, Any]) -> str | None:
-    """Why a job must run alone (a setting that needs its own loop), or None."""
+    """Why a job must run alone (a setting that needs its own loop), or None.
+
+    Stops that read the fit's numbers (``trainer.tol.*``, early stopping) are no reason: they act
+    in the job's replayed fit, which then ends where its own run would end."""
     trainer = task_config.get("trainer", {})
-    tol = trainer.get("tol") or {}
-    if trainer.get("grad_clip") is not None:
-        return "trainer.grad_clip is set (per-job clipping is not batched yet)"
-    stops = [f"trainer.tol.{name}" for name in ("loss", "rel_loss", "grad_norm", "step") if tol.get(name) is not None]
-    stops += [f"trainer.{name}" for name in ("tolerance", "max_time") if trainer.get(name) is not None]
-    if stops:
-        return f"{', '.join(stops)} set (convergence and time stops are not batched yet)"
-    for name in ("resume", "init_from", "checkpoint_every"):
+    if trainer.get("max_time") is not None:
+        return "trainer.max_time is set (a stop on the clock cannot be replayed)"
+    for name in ("resume", "init_from"):
         if trainer.get(name) is not None:
             return f"trainer.{name} is set"
     scheduler = (task_config.get("scheduler") or {}).get("name")
     if scheduler not in (None, "none"):
         return f"scheduler={scheduler} (schedules are not batched yet)"
-    if task_config.get("callback"):
-        return f"callbacks ({', '.join(task_config['callback'])}) may stop a job at any step"
+    callbacks = [node.get("name", key) if isinstance(node, dict) else key
+                 for key, node in (task_config.get("callback") or {}).items()]
+    others = [name for name in callbacks if name not in REPLAYABLE_CALLBACKS]
+    if others:
+        return f"callbacks ({', '.join(others)}) may change a job as it trains"
     return None
 
 
@@ -149,13 +154,15 @@ def same_data(a, b) -> bool:
 
 
 def batch_bytes_per_job(state: LoopState) -> int:
-    """Memory one job adds to a batch: its record of every step and its activations."""
+    """Memory one job adds to a batch: its record of every step (loss, parameters, gradients,
+    gradient norm, optimizer state: at most three tensors like the parameters and two counters)
+    and its activations."""
     run = state.run
     width = sum(p.numel() for p in run.trainable.values())
     item = torch.empty((), dtype=run.dtype).element_size()
     rows = run.batch_size or len(run.data)
     activations = ACTIVATION_COPIES * rows * run.data.targets.shape[1]
-    return (run.max_steps * (2 * width + 1) + activations) * item
+    return (run.max_steps * (5 * width + 4) + activations) * item
 
 
 def batches_of(jobs: list[Job], max_batch_mib: float, max_batch_jobs: int | None) -> list[list[Job]]:
@@ -300,22 +307,38 @@ PER_JOB_LOSSES_MODULE = "framework_plugins.losses"
 
 class Replay:
     """A plugin for the length of the launch: the training step of a job that was trained in a
-    batch sets what its own step would have computed, from its :class:`Trajectory`."""
+    batch sets what its own step would have computed, from its :class:`Trajectory`; and a
+    checkpoint of it holds the optimizer state of its step."""
 
     def __init__(self) -> None:
-        self.pending: Trajectory | None = None
+        self.pending: Trajectory | None = None  # the next fit's, set by the launcher
+        self.active: Trajectory | None = None  # the running fit's
 
     @hookimpl(tryfirst=True)
     def framework_configure_step(self, state):
-        trajectory, self.pending = self.pending, None
-        if trajectory is None:
+        self.active, self.pending = self.pending, None
+        if self.active is None:
             return None
-        return replay_step(state, trajectory)
+        return replay_step(state, self.active)
+
+    @hookimpl
+    def framework_state_dict(self, state):
+        # Checkpoints ask the plugins for their state before they read the optimizer's: the job's
+        # optimizer takes the state its own steps would have given it, here, at whatever step
+        # the fit is saved (its end, a tolerance stop, checkpoint_every, an interruption).
+        trajectory, steps = self.active, state.progress.step
+        if trajectory is not None and 1 <= steps <= trajectory.steps:
+            state.run.optimizer.load_state_dict(trajectory.optimizer_state(state, steps))
+        return None  # nothing of its own in the checkpoint: it is the basic launcher's
+
+    @hookimpl
+    def framework_fit_end(self, state, result):
+        self.active = None
 
 
 def replay_step(state: LoopState, trajectory: Trajectory):
-    """The job's step, replayed: parameters and gradients after step ``i`` from the record, its
-    loss returned; after its last step the optimizer holds the state its own steps gave it."""
+    """The job's step, replayed: step ``i`` sets the parameters after its update and the gradients
+    it used (and the pre-clipping norm) from the record, and returns its loss."""
     run, progress = state.run, state.progress
     initial = flat_trainable(state)
     if initial.dtype != trajectory.initial_params.dtype or not torch.equal(initial, trajectory.initial_params):
@@ -329,10 +352,10 @@ def replay_step(state: LoopState, trajectory: Trajectory):
         for param in run.trainable.values():
             targets.append((param, offset, offset + param.numel()))
             offset += param.numel()
-    params, grads, losses = trajectory.params, trajectory.grads, trajectory.losses
-    last = trajectory.steps - 1
-    optimizer_state = trajectory.optimizer_state
-    optimizer = run.optimizer
+    record, job, last = trajectory.record, trajectory.job, trajectory.steps - 1
+    losses = trajectory.losses
+    params, grads = record.params[:, job], record.grads[:, job]
+    grad_norms = None if record.grad_norms is None else record.grad_norms[:, job]
 
     def step(features, targets_):
         index = progress.step
@@ -347,8 +370,8 @@ def replay_step(state: LoopState, trajectory: Trajectory):
                     param.grad = grad_row[start:stop].view_as(param).clone()
                 else:
                     param.grad.copy_(grad_row[start:stop].view_as(param))
-        if index == last and optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
+        if grad_norms is not None:
+            progress.grad_norm = grad_norms[index]
         return losses[index]
 
     return step

@@ -7,6 +7,7 @@ while the others go on (point 4)."""
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from tests.cli.test_sweeps import launch_sweep
@@ -65,3 +66,44 @@ def test_the_summary_ranks_the_same_jobs_with_the_same_values(sweeps):
         return [{key: value for key, value in row.items() if key != "wall_s"} for row in sweep.summary_rows()]
 
     assert rows(vectorized) == rows(basic)
+
+
+# Per-job stops that act in each job's replayed fit: the loss tolerance (lr 0.1, 0.5), early
+# stopping (lr 0.003, whose loss falls too slowly), with every job's gradients clipped by its own
+# norm and a checkpoint every 20 steps.
+STOPS = ("+task=polyfit", "trainer.grad_clip=50", "trainer.tol.loss=1", "trainer.checkpoint_every=20",
+         "trainer.keep_checkpoints=null", "trainer.max_steps=400", "callback=[early_stopping]",
+         "callback.early_stopping.min_delta=500", "callback.early_stopping.patience=2",
+         "optimizer.lr=0.003,0.02,0.1,0.5")
+
+
+@pytest.fixture(scope="module")
+def stop_sweeps(tmp_path_factory):
+    basic = launch_sweep(tmp_path_factory.mktemp("basic_stops"), *STOPS)
+    vectorized = launch_sweep(tmp_path_factory.mktemp("vectorized_stops"), "hydra/launcher=vectorized", *STOPS)
+    return basic, vectorized
+
+
+def test_stops_clipping_and_checkpoints_act_per_job_as_with_the_basic_launcher(stop_sweeps):
+    basic, vectorized = stop_sweeps
+    assert "trained jobs #0, #1, #2, #3 as one batch" in vectorized.output, vectorized.describe()
+    assert vectorized.returncode == basic.returncode == 0, vectorized.describe()
+    reasons = {job: vectorized.result(job)["stop_reason"] for job in vectorized.job_dirs()}
+    assert reasons["optimizer.lr=0.003"].startswith("early_stopping"), reasons
+    assert reasons["optimizer.lr=0.1"].startswith("loss ") and reasons["optimizer.lr=0.5"].startswith("loss "), reasons
+    steps = [vectorized.result(job)["steps"] for job in vectorized.job_dirs()]
+    assert len(set(steps)) == len(steps) and max(steps) < 400, steps  # each job stopped at its own step
+    compared = 0
+    for job, basic_dir in basic.job_dirs().items():
+        job_dir = vectorized.job_dirs()[job]
+        assert result_without_time(job_dir) == result_without_time(basic_dir), job
+        assert curves(job_dir) == curves(basic_dir), job
+        saved = sorted(path.name for path in (basic_dir / "checkpoints").iterdir())
+        assert sorted(path.name for path in (job_dir / "checkpoints").iterdir()) == saved, job
+        compared += len(saved)
+        for name in saved:
+            left = torch.load(job_dir / "checkpoints" / name, weights_only=True)
+            right = torch.load(basic_dir / "checkpoints" / name, weights_only=True)
+            for part in ("model", "optimizer", "progress", "plugins"):
+                assert_identical(left[part], right[part], f"{job} {name} {part}")
+    assert compared > len(basic.job_dirs())  # periodic checkpoints too, not only each job's last

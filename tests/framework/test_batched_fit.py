@@ -117,6 +117,13 @@ def test_each_batched_job_is_bitwise_its_own_run_for_every_batched_optimizer(
     ("+task=linear", ["optimizer.lr=0.01", "optimizer.lr=0.05"]),  # the vmap path
     ("+task=polyfit loss=l1 optimizer=adam trainer.max_steps=100", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
     ("+task=polyfit loss=huber optimizer=adam trainer.max_steps=100", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
+    # minibatches, in order and shuffled (the jobs share the seed, so the order)
+    ("+task=polyfit data.batch_size=6 trainer.max_steps=50", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
+    ("+task=polyfit data.batch_size=6 data.shuffle=true trainer.max_steps=50",
+     ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
+    # every job clipped by its own norm; a model that is not flattened (one parameter)
+    ("+task=polyfit trainer.grad_clip=10 optimizer=adam trainer.max_steps=50", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
+    ("+task=polyfit model.degree=0 optimizer=adam trainer.max_steps=50", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
 ])
 def test_models_and_losses_batched_bitwise(task, varied, shared, train_alone, compose_config):
     jobs = [[*task.split(), *job.split(), "logger=[]"] for job in varied]

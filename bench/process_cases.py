@@ -185,6 +185,76 @@ def multirun(settings: Settings) -> list[Row]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Vectorised sweeps (issue 12): N jobs as one batched computation
+# ------------------------------------------------------------------------------------------------
+
+# task -> the log10 range of its learning rates: polyfit's NAdam, and legendre's SGD below its
+# divergence (3e-5).
+SWEPT_TASKS = {"polyfit": (-3.0, -1.0), "legendre": (-7.0, -5.5)}
+SWEEP_FINAL_LOSSES: dict[str, dict[str, float]] = {}  # each launcher's last sweep: job -> final loss
+
+
+def log_spaced(count: int, low: float, high: float) -> str:
+    return ",".join(f"{10 ** (low + (high - low) * i / max(count - 1, 1)):.6g}" for i in range(count))
+
+
+def sweep_completed(jobs: int, label: str, batched: bool) -> Callable[[ProcessRun, Path], None]:
+    def check(ran: ProcessRun, folder: Path) -> None:
+        expect(0)(ran, folder)
+        results = {path.parent.name: json.loads(path.read_text())
+                   for path in folder.glob("multirun/*/*/*/result.json")}
+        completed = sum(result["status"] == "completed" for result in results.values())
+        if completed != jobs:
+            raise BrokenRun(f"{completed} of {jobs} sweep jobs completed: {ran.output[-600:]}")
+        if batched and f"{jobs} in 1 batch(es)" not in ran.output:
+            raise BrokenRun(f"the vectorized launcher did not train the {jobs} jobs as one batch: {ran.output[-600:]}")
+        SWEEP_FINAL_LOSSES[label] = {job: result["final_loss"] for job, result in results.items()}
+    return check
+
+
+def vectorized(settings: Settings) -> list[Row]:
+    """A learning-rate sweep, whole processes: the vectorized launcher and the basic launcher
+    against one job of the same task. Issue 12's goals: 16 jobs within 2 job-times, 256 within 5."""
+    rows = []
+    steps = ("trainer.max_steps=20",) if settings.tiny else ()
+    sweeps = {"polyfit": [(settings.size(16, 2), 2.0), (settings.size(256, 3), 5.0)]}  # (jobs, goal)
+    if not settings.tiny:
+        sweeps["legendre"] = [(16, None)]  # recorded, no goal
+    for task, counts in sweeps.items():
+        low, high = SWEPT_TASKS[task]
+        for count, goal in counts:
+            rates = log_spaced(count, low, high)
+            sweep = ("-m", f"+task={task}", *steps, f"optimizer.lr={rates}")
+            runs = {"one job": in_fresh_folder(framework_command(f"+task={task}", *steps), expect(0))}
+            runs["vectorized"] = in_fresh_folder(framework_command(*sweep[:1], "hydra/launcher=vectorized", *sweep[1:]),
+                                                 sweep_completed(count, "vectorized", batched=True))
+            basic = count <= 16 or settings.tiny  # 256 jobs one by one: minutes per repeat
+            if basic:
+                runs["basic"] = in_fresh_folder(framework_command(*sweep), sweep_completed(count, "basic", batched=False))
+            done = alternating(runs, settings.times(2), settings.warmups)
+            one_job = median_of(done["one job"], "seconds")
+            check = "ok"
+            if basic and SWEEP_FINAL_LOSSES["vectorized"] != SWEEP_FINAL_LOSSES["basic"]:
+                check = "the two launchers' final losses differ"
+            samples = {label: [run.seconds for run in runs_done] for label, runs_done in done.items()}
+            command = f"python -m framework -m hydra/launcher=vectorized +task={task} 'optimizer.lr=<{count} rates>'"
+            rows.append(Row("vectorized", f"{task}: {count}-job lr sweep, vectorized launcher", command,
+                            f"python -m framework +task={task} (one job)", "sweep",
+                            framework_median=median_of(done["vectorized"], "seconds"), plain_median=one_job,
+                            goal=None if goal is None else Goal("ratio", goal), check=check,
+                            notes=f"whole processes; learning rates log-spaced 1e{low:g}..1e{high:g}; every "
+                                  "job's final loss equal to the basic launcher's",
+                            samples=samples))
+            if basic:
+                rows.append(Row("vectorized", f"{task}: {count}-job lr sweep, basic launcher",
+                                command.replace(" hydra/launcher=vectorized", ""),
+                                f"python -m framework +task={task} (one job)", "sweep",
+                                framework_median=median_of(done["basic"], "seconds"), plain_median=one_job,
+                                notes="whole processes, for comparison", samples=samples))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
 # Answers without training
 # ------------------------------------------------------------------------------------------------
 

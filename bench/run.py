@@ -27,6 +27,9 @@ Cases (``--cases``, comma-separated; default all):
   does nothing.
 - ``answers``: ``--help``, ``model=linear --help`` and a misspelt key, whole processes, with
   ``python -c "import torch"`` for reference.
+- ``vectorized``: 16- and 256-job learning-rate sweeps of polyfit (16 of legendre) with
+  ``hydra/launcher=vectorized``, whole processes, against one job, with the basic launcher's
+  16-job sweep for comparison (issue 12).
 - ``cuda``: W1 per step on the GPU against the plain loop on the GPU (skipped without CUDA).
 """
 
@@ -57,6 +60,7 @@ CASES: dict[str, tuple[str, Callable[..., list[Row]]]] = {
     "startup": ("whole process +task=linear", lambda _framework, settings: process_cases.startup(settings)),
     "multirun": ("multirun cost per job", lambda _framework, settings: process_cases.multirun(settings)),
     "answers": ("answers without training", lambda _framework, settings: process_cases.answers(settings)),
+    "vectorized": ("vectorised lr sweeps", lambda _framework, settings: process_cases.vectorized(settings)),
     "cuda": ("CUDA W1 polyfit per step", step_cases.cuda_polyfit),
 }
 IN_PROCESS = {"w1", "w2", "w3", "w4", "tasks", "cuda"}

@@ -46,8 +46,6 @@ log = logging.getLogger("framework.vectorized")
 # The optimizer options that may differ between the jobs of one batch (issue 12, point 2).
 PER_JOB_OPTIMIZER_OPTIONS = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "alpha",
                              "momentum_decay")
-# What one batch may hold by default (hydra.launcher.max_batch_mib).
-DEFAULT_MAX_BATCH_MIB = 1024.0
 # Activations per job, in copies of the targets, for the memory cap: the predictions, the
 # residuals and their gradients, with room to spare.
 ACTIVATION_COPIES = 8
@@ -270,6 +268,7 @@ def plan(jobs: list[Job], max_batch_mib: float, max_batch_jobs: int | None) -> l
         for subgroup in built_subgroups(group):
             if len(subgroup) == 1:
                 subgroup[0].alone_because = subgroup[0].alone_because or "no other job has the same data and parameters"
+                subgroup[0].state = None
                 continue
             batches.extend(batches_of(subgroup, max_batch_mib, max_batch_jobs))
     for batch in batches:

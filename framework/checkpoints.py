@@ -108,6 +108,8 @@ def restore_host_state(optimizer: torch.optim.Optimizer, entries: list[list]) ->
 
 def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, Any]:
     run = state.run
+    # The plugins first: a replayed job of the vectorized launcher (framework/vectorized.py)
+    # loads its step's optimizer state here, before it is read below.
     plugins = {name: saved for name, saved in call_each(manager, "framework_state_dict", state=state)
                if saved is not None}
     return {

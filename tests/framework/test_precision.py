@@ -21,14 +21,14 @@ from tests.framework.compare import assert_identical, final_checkpoint
 AUTOCAST = {"bf16": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def plain_mixed_loop(precision, parameters, forward, optimizer, steps, clip=None, closure=False):
+def plain_mixed_loop(precision, parameters, forward, optimizer, steps, clip=None, closure=False, device="cpu"):
     """The plain loop under autocast; 16-mixed with GradScaler as torch's AMP examples do (unscale_
     before clipping). Returns the scaler (None for bf16)."""
-    scaler = torch.amp.GradScaler("cpu") if precision == "16-mixed" else None
+    scaler = torch.amp.GradScaler(device) if precision == "16-mixed" else None
     for _ in range(steps):
         def gradients():
             optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=AUTOCAST[precision]):
+            with torch.autocast(device, dtype=AUTOCAST[precision]):
                 loss = forward()
             (loss if scaler is None else scaler.scale(loss)).backward()
             return loss
@@ -65,17 +65,21 @@ def plain_linear(precision, steps=200, clip=None, optimizer="sgd"):
     return {"weight": model.weight, "bias": model.bias}, scaler
 
 
-def plain_linear2d(precision, steps=100):
-    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    y = torch.tensor([[2.0], [4.0], [6.0]])
+def plain_linear2d(precision, steps=100, device="cpu", fused_adam=False):
+    """linear2d's plain loop (on ``device``: tests/gpu runs it on CUDA); with ``fused_adam``,
+    optimizer=adam optimizer.fused=true at lr 0.01."""
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], device=device)
+    y = torch.tensor([[2.0], [4.0], [6.0]], device=device)
     model = torch.nn.Linear(2, 1)
     torch.manual_seed(0)
     with torch.no_grad():
         model.weight.copy_(torch.randn(1, 2))
         model.bias.copy_(torch.randn(1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.to(device)
+    optimizer = (torch.optim.Adam(model.parameters(), lr=0.01, fused=True) if fused_adam
+                 else torch.optim.SGD(model.parameters(), lr=0.01))
     scaler = plain_mixed_loop(precision, list(model.parameters()), lambda: torch.nn.functional.mse_loss(model(x), y),
-                              optimizer, steps)
+                              optimizer, steps, device=device)
     return {"weight": model.weight, "bias": model.bias}, scaler
 
 
@@ -144,6 +148,18 @@ def test_16_mixed_clips_the_unscaled_gradients_like_the_plain_loop(train, record
            "logger=[]"])
     for name, value in expected.items():
         assert torch.equal(recorder.final[name], value.detach()), name
+
+
+def test_16_mixed_with_a_fused_optimizer_skips_on_the_device_like_the_plain_loop(train, recorder, tmp_path):
+    """A fused optimizer takes the scaler's found_inf itself (no host read): the flat parameter's
+    optimizer (framework/flat_parameters.py) passes it through."""
+    expected, scaler = plain_linear2d("16-mixed", fused_adam=True)
+    assert scaler.get_scale() < 65536.0  # it skipped steps
+    train(["+task=linear2d", "trainer.precision=16-mixed", "optimizer=adam", "optimizer.lr=0.01", "optimizer.fused=true",
+           "logger=[]"], run_dir=tmp_path)
+    for name, value in expected.items():
+        assert torch.equal(recorder.final[name], value.detach()), name
+    assert final_checkpoint(tmp_path)["scaler"] == scaler.state_dict()
 
 
 def test_bf16_drives_lbfgs_with_the_closure_under_autocast(train, recorder):

@@ -12,11 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.build import build_per_fit, build_state
 from framework.checkpoints import Checkpointer
-from framework.devices import resolve_device, resolve_dtype, seed_everything
+from framework.devices import resolve_device, resolve_dtype, seed_everything, use_deterministic
 from framework.errors import ConfigError, user_message
 from framework.loop import fit
 from framework.outputs import RESULT_FILE, unstarted_result, write_result
 from framework.plugin_manager import PluginManager, call_each
+from framework.precision import check_precision
 from framework.ranges import check_ranges
 from framework.registry import PER_FIT_KINDS, Registry
 from framework.resume import resume_command, resume_from, warm_start
@@ -34,6 +35,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
         raise ConfigError("trainer.resume and trainer.init_from are both set; resume goes on from a "
                           "checkpoint, init_from starts a new run from weights: choose one")
     loss_tolerance(trainer)  # trainer.tolerance and trainer.tol.loss may not disagree
+    check_precision(trainer.precision)
 
 
 def checked_trainer(cfg: DictConfig) -> TrainerConfig:
@@ -79,9 +81,12 @@ def run_training(
     device = "unknown"
     registered = []
     trace = None
+    restore_determinism = None
     try:
         try:
             trainer = checked_trainer(cfg)
+            # Before anything touches CUDA: cuBLAS reads its workspace setting once.
+            restore_determinism = use_deterministic(trainer.deterministic)
             device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
             seed_everything(trainer.seed)
             state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
@@ -129,5 +134,7 @@ def run_training(
     finally:
         if trace is not None:
             trace.finish()
+        if restore_determinism is not None:
+            restore_determinism()
         for name in registered:
             manager.unregister(name=name)

@@ -68,6 +68,13 @@ class TrainerConfig:
     val_every: Optional[int] = setting(None, ge=1)
     # before the first step, report the problem's conditioning and warn when SGD's rate exceeds 2/L
     doctor: bool = True
+    # 32 | bf16 | 16-mixed: the forward pass and loss in trainer.dtype, under bfloat16 autocast, or
+    # under float16 autocast with a gradient scaler; parameters stay in trainer.dtype
+    # (framework/precision.py)
+    precision: str = "32"
+    # reproducible CUDA runs: torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8
+    # when unset, cudnn.benchmark off (framework/devices.py); false changes nothing
+    deterministic: bool = False
 
 
 def loss_tolerance(trainer: TrainerConfig) -> float | None:

@@ -19,11 +19,10 @@ import torch
 
 from framework.checkpoints import latest_checkpoint
 from framework.devices import CUBLAS_WORKSPACE_ENV
-from framework.signals import Interrupted
 from tests.framework.compare import assert_identical, assert_same_run
 from tests.framework.test_precision import plain_linear2d
 from tests.framework.test_reference_tasks import PLAIN_LOOPS
-from tests.framework.test_resume import SignalAt, ctrl_c_raises  # noqa: F401 (a fixture)
+from tests.framework.test_resume import ctrl_c_raises, interrupted_then_resumed  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -62,12 +61,7 @@ def test_a_16_mixed_run_stopped_and_resumed_on_cuda_equals_one_that_never_stoppe
     overrides = ["+task=linear", "trainer.device=cuda", "trainer.precision=16-mixed", "trainer.max_steps=60",
                  "trainer.log_every=5"]
     train(overrides, run_dir=tmp_path / "straight", task="linear")
-    stopper = SignalAt(23)
-    manager.register_plugin(stopper, "stopper", "test")
-    with pytest.raises(Interrupted):
-        train(overrides, run_dir=tmp_path / "stopped", task="linear")
-    manager.unregister(stopper)
-    train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped", task="linear")
+    interrupted_then_resumed(train, manager, overrides, tmp_path / "stopped", 23, task="linear")
     assert_same_run(tmp_path / "stopped", tmp_path / "straight")
     straight = torch.load(latest_checkpoint(tmp_path / "straight"), weights_only=True)
     resumed = torch.load(latest_checkpoint(tmp_path / "stopped"), weights_only=True)

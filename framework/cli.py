@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import schema_cache
+from framework.cluster import start_task
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
 from framework.errors import user_message
@@ -77,6 +78,9 @@ def main() -> None:
             if multirun and interrupted_by(sweep_dir):
                 skip_job(hydra_config)
                 return math.inf
+            # A task of a submitit job (hydra/launcher=submitit_*): torchrun's variables for its
+            # ranks, its threads, rank 0 alone on the log file; nothing outside such a job.
+            start_task(cfg.trainer, hydra_config.launcher)
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)

@@ -1,0 +1,102 @@
+"""Jobs that Hydra's submitit launcher runs (``hydra/launcher=submitit_slurm`` on a cluster,
+``submitit_local`` on this machine).
+
+submitit starts each job's processes ("tasks": ``hydra.launcher.tasks_per_node`` on each of
+``hydra.launcher.nodes``) from the job's pickled, already resolved config, and every task calls
+the CLI's job function; nothing re-runs the sweep's command line, and no task re-resolves the
+sweep's folder (Hydra copies the resolver cache, and so the claimed folder, into each job's
+config). Here, before the fit:
+
+- A task of a job with several tasks gets the environment torchrun gives its ranks (``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), from
+  submitit's own :class:`submitit.helpers.TorchDistributedEnvironment`, so that
+  ``trainer.strategy=ddp`` (``init_process_group(init_method="env://")``) joins the job's tasks
+  into one process group exactly as under torchrun.
+- Only the first task (global rank 0) writes the job's log file in the run folder; the others
+  log to their own submitit log (``<sweep>/.submitit/<job id>/<job id>_<rank>_log.out``).
+- ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
+  (SLURM reserves that many cores; submitit_local does not pin, so this is how its parallel
+  jobs share the cores).
+
+Outside a submitit job nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("framework")
+
+# submitit sets it in every job it starts (to "local" or "slurm"); its JobEnvironment reads the
+# scheduler's own variables, which a job started without submitit (srun python ...) also has.
+SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
+# What torchrun gives each rank, and so what trainer.strategy=ddp reads.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in its submitit job."""
+
+    rank: int  # global rank among the job's tasks
+    tasks: int  # the job's tasks, on all its nodes
+    job_id: str
+
+
+def cluster_task() -> ClusterTask | None:
+    """This process's task of a submitit job, or None outside one."""
+    if not os.environ.get(SUBMITIT_EXECUTOR_ENV):
+        return None
+    import submitit  # only in a submitit job, where it is installed
+
+    job = submitit.JobEnvironment()
+    return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, job_id=job.job_id)
+
+
+def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
+    """Prepare this process for its part of a submitit job (see the module's docstring); return
+    its task, or None outside a submitit job."""
+    task = cluster_task()
+    if task is None:
+        return None
+    threads = launcher.get("cpus_per_task")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    if task.tasks > 1:
+        export_torchrun_env()
+        if task.rank > 0:
+            leave_log_file_to_rank_zero()
+        if trainer.get("strategy") != "ddp":
+            log.warning("this job runs %d processes (hydra.launcher.tasks_per_node x nodes); they train one "
+                        "model together only with trainer.strategy=ddp", task.tasks)
+    return task
+
+
+def export_torchrun_env() -> None:
+    """Set torchrun's variables for this task from submitit's job environment.
+
+    ``overwrite``: the job's own values win over any the sweep's shell passed down (a job run from
+    inside another job). CUDA_VISIBLE_DEVICES is left as the scheduler set it: as under torchrun,
+    each rank sees the node's GPUs and uses ``cuda:LOCAL_RANK`` (submitit's default, one device
+    per task numbered by local rank, would hide a CPU job's "no GPU" and misnumber a
+    ``visible_gpus`` subset).
+    """
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def leave_log_file_to_rank_zero() -> None:
+    """Stop writing this process's log into the run folder's log file: Hydra configured the same
+    file in every task of the job, and rank 0 writes it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()

@@ -14,6 +14,8 @@ config). Here, before the fit:
   into one process group exactly as under torchrun.
 - Only the first task (global rank 0) writes the job's log file in the run folder; the others
   log to their own submitit log (``<sweep>/.submitit/<job id>/<job id>_<rank>_log.out``).
+- The TensorBoard logger's figure writer is waited for when the task exits (the scheduler ends
+  a job's leftover processes: plugins/_figure_writer.py).
 - ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
   (SLURM reserves that many cores; submitit_local does not pin, so this is how its parallel
   jobs share the cores).
@@ -26,8 +28,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:  # the figure writer imports this module: it stays light
+    from omegaconf import DictConfig
 
 log = logging.getLogger("framework")
 
@@ -47,9 +51,14 @@ class ClusterTask:
     job_id: str
 
 
+def in_submitit_job() -> bool:
+    """Whether this process is a task of a submitit job."""
+    return bool(os.environ.get(SUBMITIT_EXECUTOR_ENV))
+
+
 def cluster_task() -> ClusterTask | None:
     """This process's task of a submitit job, or None outside one."""
-    if not os.environ.get(SUBMITIT_EXECUTOR_ENV):
+    if not in_submitit_job():
         return None
     import submitit  # only in a submitit job, where it is installed
 

@@ -14,6 +14,10 @@ config). Here, before the fit:
   into one process group exactly as under torchrun.
 - Only the first task (global rank 0) writes the job's log file in the run folder; the others
   log to their own submitit log (``<sweep>/.submitit/<job id>/<job id>_<rank>_log.out``).
+- The scheduler's warning before a job's time limit or preemption (submitit asks SLURM for
+  SIGUSR2, ``signal_delay_s`` ahead) stops the fit as SIGTERM does: a checkpoint, result.json
+  with status ``interrupted``. submitit's own handler would raise in the middle of a step, and
+  its requeue would start the job again from step 0 in the same folder.
 - The TensorBoard logger's figure writer is waited for when the task exits (the scheduler ends
   a job's leftover processes: plugins/_figure_writer.py).
 - ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +54,9 @@ class ClusterTask:
     rank: int  # global rank among the job's tasks
     tasks: int  # the job's tasks, on all its nodes
     job_id: str
+    # What the scheduler sends ahead of the time limit or a preemption: submitit's choice (USR2
+    # unless SUBMITIT_PREEMPT_SIGNAL says otherwise).
+    warning_signal: int
 
 
 def in_submitit_job() -> bool:
@@ -63,7 +71,13 @@ def cluster_task() -> ClusterTask | None:
     import submitit  # only in a submitit job, where it is installed
 
     job = submitit.JobEnvironment()
-    return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, job_id=job.job_id)
+    return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, job_id=job.job_id,
+                       warning_signal=job._usr_sig())
+
+
+def stop_as_on_sigterm(signum: int, frame) -> None:
+    """The scheduler's warning: a fit under way stops as on SIGTERM (framework.signals)."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
@@ -72,6 +86,7 @@ def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
     task = cluster_task()
     if task is None:
         return None
+    signal.signal(task.warning_signal, stop_as_on_sigterm)
     threads = launcher.get("cpus_per_task")
     if threads:
         import torch

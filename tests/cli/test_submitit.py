@@ -155,10 +155,24 @@ def test_a_job_of_two_tasks_gets_torchruns_variables_and_one_folder(tmp_path):
     assert {row["job"] for row in sweep.summary_rows()} == set(jobs)
 
 
-def test_sigterm_stops_the_running_jobs_cleanly(tmp_path):
-    """SIGTERM to the sweep's process (what a scheduler or `kill` sends) reaches each job's task
-    through submitit's controller: each saves a checkpoint and an interrupted result.json, the
-    summary lists them, and the sweep exits 143."""
+def task_processes(sweep_dir: Path) -> list[int]:
+    """The pids of the submitit tasks (``python -m submitit.core._submit <sweep>/.submitit/...``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in words and any(str(sweep_dir).encode() in word for word in words):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_the_schedulers_warning_and_sigterm_stop_the_running_jobs_cleanly(tmp_path):
+    """The scheduler's warning before a time limit (USR2, to a job's task) stops that job as
+    SIGTERM does; then SIGTERM to the sweep's process (what `kill` sends) reaches the other job's
+    task through submitit's controller. Each saves a checkpoint and an interrupted result.json,
+    the summary lists them, and the sweep exits 143."""
     sweep_dir = tmp_path / "sweep"
     process = subprocess.Popen(
         [sys.executable, "-m", "framework", "-m", LOCAL, "+task=linear", "trainer.seed=1,2",
@@ -166,12 +180,20 @@ def test_sigterm_stops_the_running_jobs_cleanly(tmp_path):
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own group: the jobs' processes can be ended with it
     )
+    jobs = [sweep_dir / f"trainer.seed={seed}" for seed in (1, 2)]
     try:
-        logs = [sweep_dir / f"trainer.seed={seed}" / "framework.log" for seed in (1, 2)]
         deadline = time.monotonic() + 240
-        while not all(log.exists() and "step 1/" in log.read_text() for log in logs):
+        while not all((job / "framework.log").exists() and "step 1/" in (job / "framework.log").read_text()
+                      for job in jobs):
             assert process.poll() is None and time.monotonic() < deadline, "the jobs did not start training"
             time.sleep(0.2)
+        tasks = task_processes(sweep_dir)
+        assert len(tasks) == 2, tasks
+        os.kill(tasks[0], signal.SIGUSR2)
+        while not any((job / "result.json").exists() for job in jobs):
+            assert process.poll() is None and time.monotonic() < deadline, "USR2 did not stop a job"
+            time.sleep(0.2)
+        warned = [job.name for job in jobs if (job / "result.json").exists()]
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=120)
     finally:
@@ -179,11 +201,11 @@ def test_sigterm_stops_the_running_jobs_cleanly(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
     sweep = Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
+    assert len(warned) == 1, sweep.describe()  # the other job went on training until SIGTERM
     assert sweep.returncode == 128 + signal.SIGTERM, sweep.describe()
-    for seed in (1, 2):
-        job = f"trainer.seed={seed}"
-        result = sweep.result(job)
-        assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), (job, result)
-        saved = sorted((sweep_dir / job / "checkpoints").glob("step_*.pt"))
-        assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", (job, saved)
+    for job in jobs:
+        result = sweep.result(job.name)
+        assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), (job.name, result)
+        saved = sorted((job / "checkpoints").glob("step_*.pt"))
+        assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", (job.name, saved)
     assert [row["status"] for row in sweep.summary_rows()] == ["interrupted", "interrupted"]

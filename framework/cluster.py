@@ -43,8 +43,6 @@ log = logging.getLogger("framework")
 # submitit sets it in every job it starts (to "local" or "slurm"); its JobEnvironment reads the
 # scheduler's own variables, which a job started without submitit (srun python ...) also has.
 SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
-# What torchrun gives each rank, and so what trainer.strategy=ddp reads.
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,6 @@ class ClusterTask:
 
     rank: int  # global rank among the job's tasks
     tasks: int  # the job's tasks, on all its nodes
-    job_id: str
     # What the scheduler sends ahead of the time limit or a preemption: submitit's choice (USR2
     # unless SUBMITIT_PREEMPT_SIGNAL says otherwise).
     warning_signal: int
@@ -71,8 +68,7 @@ def cluster_task() -> ClusterTask | None:
     import submitit  # only in a submitit job, where it is installed
 
     job = submitit.JobEnvironment()
-    return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, job_id=job.job_id,
-                       warning_signal=job._usr_sig())
+    return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, warning_signal=job._usr_sig())
 
 
 def stop_as_on_sigterm(signum: int, frame) -> None:
@@ -107,9 +103,9 @@ def export_torchrun_env() -> None:
 
     ``overwrite``: the job's own values win over any the sweep's shell passed down (a job run from
     inside another job). CUDA_VISIBLE_DEVICES is left as the scheduler set it: as under torchrun,
-    each rank sees the node's GPUs and uses ``cuda:LOCAL_RANK`` (submitit's default, one device
-    per task numbered by local rank, would hide a CPU job's "no GPU" and misnumber a
-    ``visible_gpus`` subset).
+    each rank sees the node's GPUs and uses ``cuda:LOCAL_RANK`` (submitit's default, device number
+    LOCAL_RANK alone, would give GPUs to a CPU job that asked for none and pick the wrong ones of
+    a ``visible_gpus`` subset).
     """
     from submitit.helpers import TorchDistributedEnvironment
 

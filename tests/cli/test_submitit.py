@@ -58,10 +58,12 @@ def no_other_run_folders(sweep: Sweep, base: Path) -> None:
 
 def test_jobs_run_in_their_own_folders_and_return_their_loss_to_the_sweeper(tmp_path):
     """Optuna (a grid over two learning rates) through submitit_local: one job trains, one
-    diverges. Each gets its own folder, result.json and TensorBoard run; the summary lists both;
-    Optuna receives the loss each job returned; the sweep exits 5 for the failed job."""
-    sweep = launch_sweep(tmp_path, LOCAL, "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid",
-                         "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "optimizer.lr=choice(0.001, 1e9)",
+    diverges. Each gets its own folder, result.json and TensorBoard run (with its figures) and
+    cpus_per_task torch threads; the summary lists both; Optuna receives the loss each job
+    returned; the sweep exits 5 for the failed job."""
+    sweep = launch_sweep(tmp_path, LOCAL, "hydra.launcher.cpus_per_task=3",
+                         "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+                         "hydra.sweeper.n_jobs=2", "optimizer.lr=choice(0.001, 1e9)",
                          "+task=linear", f"trainer.max_steps={STEPS}")
     assert sweep.returncode == 5, sweep.describe()
     assert "1 of 2 jobs failed" in sweep.stderr and "Traceback" not in sweep.output, sweep.describe()
@@ -77,6 +79,9 @@ def test_jobs_run_in_their_own_folders_and_return_their_loss_to_the_sweeper(tmp_
     assert (trained["status"], trained["steps"], trained["params"]) == ("completed", STEPS, params)
     assert trained["final_loss"] == pytest.approx(final_loss, rel=1e-6)
     assert (diverged["status"], diverged["stop_reason"]) == ("failed", "non_finite_loss")
+    for name, path in jobs.items():
+        # cpus_per_task is each job's torch threads (not torch's default: all cores, or OMP_NUM_THREADS).
+        assert "(3 threads)" in (path / "framework.log").read_text(), name
     for name, path in jobs.items():  # each job folder is its TensorBoard run
         logged = [event.step for event in events(path).Scalars("train/loss")]
         assert logged and logged[-1] <= sweep.result(name)["steps"], name
@@ -146,7 +151,8 @@ def test_a_job_of_two_tasks_gets_torchruns_variables_and_one_folder(tmp_path):
                 str(rank), str(rank), "2", "2"), (name, task)
             assert (task["group_rank"], task["group_size"], task["rank_sum"]) == (rank, 2, 1.0), (name, task)
         assert tasks[0]["pid"] != tasks[1]["pid"] and tasks[0]["job_id"] == tasks[1]["job_id"], tasks
-        assert tasks[0]["MASTER_ADDR"] == tasks[1]["MASTER_ADDR"] and tasks[0]["MASTER_PORT"] == tasks[1]["MASTER_PORT"]
+        assert [task["MASTER_ADDR"] for task in tasks] == [tasks[0]["MASTER_ADDR"]] * 2
+        assert [task["MASTER_PORT"] for task in tasks] == [tasks[0]["MASTER_PORT"]] * 2
         ports.add(tasks[0]["MASTER_PORT"])
         assert sorted(path.name for path in folder.glob("task_*.json")) == ["task_0.json", "task_1.json"]
         # Both tasks logged the warning that they train apart without ddp; the run's log file has rank 0's.

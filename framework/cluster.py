@@ -25,6 +25,11 @@ config). Here, before the fit:
   jobs share the cores).
 
 Outside a submitit job nothing here does anything.
+
+In the sweep's own process: a job whose process was killed (out of memory, by the scheduler, a
+failed node) leaves no result, and the launcher raises as soon as it reaches that job, while
+later jobs may still run. :func:`job_lost` turns that error into one that names it; the CLI
+then waits for the local jobs still running and writes the summary (:func:`framework.cli.cut_short`).
 """
 
 from __future__ import annotations
@@ -32,8 +37,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from framework.errors import TrainingError
 
 if TYPE_CHECKING:  # the figure writer imports this module: it stays light
     from omegaconf import DictConfig
@@ -120,3 +130,39 @@ def leave_log_file_to_rank_zero() -> None:
         if isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
             handler.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep's process: a job that ended without a result
+# --------------------------------------------------------------------------------------------
+
+
+class JobLost(TrainingError):
+    def __init__(self, detail: str, sweep_dir: Path) -> None:
+        super().__init__(
+            f"a job ended without a result: its process was killed (out of memory, by the scheduler, "
+            f"a failed node) or could not start. submitit: {detail}. The other jobs ran to their end "
+            f"(on a cluster, those still queued or running go on); see {sweep_dir}/summary.md"
+        )
+
+
+def job_lost(error: BaseException, sweep_dir: Path) -> JobLost | None:
+    """``error`` as a :class:`JobLost` where it is submitit's word that a job left no result;
+    None for any other error."""
+    if "submitit" not in sys.modules:  # no submitit launcher ran
+        return None
+    from submitit.core.utils import UncompletedJobError
+
+    if not isinstance(error, UncompletedJobError):
+        return None
+    return JobLost(str(error).strip().splitlines()[0], sweep_dir)
+
+
+def wait_for_local_jobs(poll_s: float = 0.5) -> None:
+    """Wait until the jobs submitit_local started from this process (its child processes, one
+    controller a job) have all ended, so that the summary sees their results. On a cluster the
+    jobs are not this process's children: nothing to wait for."""
+    from framework.signals import child_processes  # not at import: the figure writer imports this module
+
+    while child_processes():
+        time.sleep(poll_s)

@@ -174,6 +174,14 @@ def task_processes(sweep_dir: Path) -> list[int]:
     return pids
 
 
+def task_log(sweep_dir: Path, pid: int) -> str:
+    """What the submitit task ``pid`` has logged (its job's ``.submitit/<job id>/<job id>_0_log.out``)."""
+    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    environ = dict(item.split(b"=", 1) for item in variables if b"=" in item)
+    job_id = environ[b"SUBMITIT_LOCAL_JOB_ID"].decode()
+    return (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+
+
 def test_the_schedulers_warning_and_sigterm_stop_the_running_jobs_cleanly(tmp_path):
     """The scheduler's warning before a time limit (USR2, to a job's task) stops that job as
     SIGTERM does; then SIGTERM to the sweep's process (what `kill` sends) reaches the other job's
@@ -215,3 +223,41 @@ def test_the_schedulers_warning_and_sigterm_stop_the_running_jobs_cleanly(tmp_pa
         saved = sorted((job / "checkpoints").glob("step_*.pt"))
         assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", (job.name, saved)
     assert [row["status"] for row in sweep.summary_rows()] == ["interrupted", "interrupted"]
+
+
+def test_a_killed_job_is_reported_once_the_other_jobs_have_ended(tmp_path):
+    """A job whose process is killed (SIGKILL: out of memory, a failed node) leaves no result, and
+    submitit's launcher raises as soon as it reaches it; the sweep still waits for the job that
+    is running, summarises both, names the lost one and exits 5."""
+    sweep_dir = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "framework", "-m", LOCAL, "+task=linear", "trainer.max_steps=1000000000,60000",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own group: the jobs' processes can be ended with it
+    )
+    endless, short = sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=60000"
+    try:
+        deadline = time.monotonic() + 240
+        while not all((job / "framework.log").exists() and "step 1/" in (job / "framework.log").read_text()
+                      for job in (endless, short)):
+            assert process.poll() is None and time.monotonic() < deadline, "the jobs did not start training"
+            time.sleep(0.2)
+        # The endless job is the sweep's first: the launcher reaches it while the other runs.
+        (endless_task,) = [pid for pid in task_processes(sweep_dir)
+                           if "for 1000000000 steps" in task_log(sweep_dir, pid)]
+        os.kill(endless_task, signal.SIGKILL)
+        short_was_running = not (short / "result.json").exists()
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:  # the test failed: leave no job training
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    sweep = Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
+    assert short_was_running, "the short job ended before the other was killed: nothing was waited for"
+    assert sweep.returncode == 5, sweep.describe()
+    assert "error: a job ended without a result" in sweep.stderr and "Traceback" not in sweep.output, sweep.describe()
+    assert (sweep.result(short.name)["status"], sweep.result(short.name)["steps"]) == ("completed", 60000)
+    assert not (endless / "result.json").exists()
+    rows = {row["job"]: row for row in sweep.summary_rows()}
+    assert (rows[short.name]["status"], rows[endless.name]["status"]) == ("completed", "failed"), rows

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import schema_cache
+from framework.cluster import job_lost, start_task, wait_for_local_jobs
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
 from framework.errors import user_message
@@ -77,6 +78,9 @@ def main() -> None:
             if multirun and interrupted_by(sweep_dir):
                 skip_job(hydra_config)
                 return math.inf
+            # A task of a submitit job (hydra/launcher=submitit_*): torchrun's variables for its
+            # ranks, its threads, rank 0 alone on the log file; nothing outside such a job.
+            start_task(cfg.trainer, hydra_config.launcher)
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)
@@ -162,10 +166,15 @@ def ctrl_c_only_while_working():
 def cut_short(error: BaseException) -> None:
     """A sweep that Hydra or its launcher ended by an exception: its summary is still written.
     Where the sweep was interrupted (a Ctrl-C that reached a parallel launcher's workers while
-    they started, which breaks its pool), that is what is reported; otherwise ``error``."""
+    they started, which breaks its pool), that is what is reported; otherwise ``error`` (a
+    submitit job that was killed, once the other local jobs have ended)."""
     sweep_dir = SweepSummary.sweep_dir
     if sweep_dir is None:
         raise error
+    lost = job_lost(error, sweep_dir)
+    if lost is not None:  # a killed job: the others run on, and the summary waits for them
+        wait_for_local_jobs()
+        error = lost
     signum = interrupted_by(sweep_dir)
     if signum is None and isinstance(error, KeyboardInterrupt):
         signum = getattr(error, "signal", signal.SIGINT)

@@ -68,6 +68,10 @@ class TrainerConfig:
     val_every: Optional[int] = setting(None, ge=1)
     # before the first step, report the problem's conditioning and warn when SGD's rate exceeds 2/L
     doctor: bool = True
+    # auto | ddp | single. ddp: data-parallel over the processes torchrun starts (it exports
+    # WORLD_SIZE, RANK, ...; README "Scaling out"); auto: ddp when such a launch started more
+    # than one process, else single; single: one process, whatever the environment says
+    strategy: str = "auto"
 
 
 def loss_tolerance(trainer: TrainerConfig) -> float | None:

@@ -146,6 +146,13 @@ def rank_device(device: torch.device, requested: str) -> torch.device:
     return device
 
 
+def launch_command(command: str, parallel: "DataParallel | None") -> str:
+    """``python -m framework ...`` as this run was launched: under torchrun for a DDP run."""
+    if parallel is None:
+        return command
+    return command.replace("python -m framework", f"torchrun --nproc_per_node={parallel.world} -m framework", 1)
+
+
 def _broadcast(objects: list[Any], source: int = 0) -> list[Any]:
     import torch.distributed as dist
 
@@ -170,6 +177,12 @@ class Launch:
     def hydra_overrides(self, args: list[str]) -> list[str]:
         """Rank 0: ``args``. Other ranks: ``args`` with rank 0's folder and a Hydra that writes nothing."""
         if self.rank == 0:
+            from framework.sweeps import MULTIRUN_FLAGS
+
+            if any(arg in MULTIRUN_FLAGS for arg in args):  # the others hear of it as rank 0's exit status
+                raise ConfigError(
+                    "a sweep (-m) under torchrun would run the whole sweep in every process; run one job per "
+                    "torchrun, or a sweep whose jobs each start their own processes (README: Scaling out)")
             return args
         folder, exit_code = _broadcast([None, None])
         if folder is None:
@@ -265,20 +278,27 @@ def quiet_rank() -> None:
 
 
 def rows_reduction(loss_fn: Callable, targets: torch.Tensor) -> str:
-    """``mean`` or ``sum``: how ``loss_fn`` reduces over rows, measured on the rows twice over
-    (a mean stays, a sum doubles). Anything else cannot be split over ranks and is refused."""
+    """``mean`` or ``sum``: how ``loss_fn`` reduces over rows, measured on a few rows split in
+    two (a mean over all is the row-weighted mean of the parts' means, a sum the parts' sum).
+    Anything else (a maximum, say) cannot be split over ranks and is refused."""
     rows = targets[:4]
-    with torch.no_grad():
-        predictions = rows + 1  # any predictions that miss the targets
-        once = float(loss_fn(predictions, rows))
-        twice = float(loss_fn(torch.cat([predictions, predictions]), torch.cat([rows, rows])))
-    if math.isclose(twice, once, rel_tol=1e-5):
+    if len(rows) < 2:  # one rank, one row: every weighting is 1
         return "mean"
-    if math.isclose(twice, 2 * once, rel_tol=1e-5):
+    with torch.no_grad():
+        # Predictions that miss each row by a different amount.
+        offsets = torch.arange(1, len(rows) + 1, dtype=rows.dtype, device=rows.device)
+        predictions = rows + offsets.reshape(-1, *([1] * (rows.dim() - 1)))
+        half = len(rows) // 2
+        whole = float(loss_fn(predictions, rows))
+        first = float(loss_fn(predictions[:half], rows[:half]))
+        second = float(loss_fn(predictions[half:], rows[half:]))
+    if math.isclose(whole, (half * first + (len(rows) - half) * second) / len(rows), rel_tol=1e-5):
+        return "mean"
+    if math.isclose(whole, first + second, rel_tol=1e-5):
         return "sum"
-    raise ConfigError(f"the loss is neither a mean nor a sum over rows (its value on rows given twice is "
-                      f"{twice:.6g}, given once {once:.6g}), so DDP cannot split a batch over ranks; train in "
-                      f"one process with {STRATEGY_KEY}=single")
+    raise ConfigError(f"the loss is neither a mean nor a sum over rows (on {len(rows)} rows it is {whole:.6g}, on "
+                      f"their two halves {first:.6g} and {second:.6g}), so DDP cannot split a batch over ranks; "
+                      f"train in one process with {STRATEGY_KEY}=single")
 
 
 def block(rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -286,20 +306,35 @@ def block(rows: int, rank: int, world: int) -> tuple[int, int]:
     return rows * rank // world, rows * (rank + 1) // world
 
 
-class _ShardWeight:
-    """The communication hook's state: this rank's weight for the current step."""
+class StepShare:
+    """What the communication hook needs of the current step, and what it gives back."""
 
-    weight = 1.0
+    weight = 1.0  # this rank's share of the global batch: its gradient's (and loss's) weight
+    loss: torch.Tensor | None = None  # the step's loss, from the loss function the step called
+    global_loss: torch.Tensor | None = None  # the sum over ranks of weight * loss
 
 
-def weighted_allreduce(state: _ShardWeight, bucket):  # no annotation: DDP checks it, and ours are strings
+def weighted_allreduce(share: StepShare, bucket):  # no annotation: DDP checks it, and ours are strings
     """DDP communication hook: the sum over ranks of each rank's gradient times its weight (DDP's
-    own hook is the same with weight 1/world)."""
+    own hook is the same with weight 1/world). The step's loss travels with the last bucket, so
+    the global loss costs no collective of its own."""
     import torch.distributed as dist
 
     tensor = bucket.buffer()
-    tensor.mul_(state.weight)
-    return dist.all_reduce(tensor, async_op=True).get_future().then(lambda done: done.value()[0])
+    tensor.mul_(share.weight)
+    loss = share.loss
+    if loss is None or not bucket.is_last() or loss.dtype != tensor.dtype:
+        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda done: done.value()[0])
+    share.loss = None
+    packed = torch.cat([tensor, (loss.detach() * share.weight).reshape(1)])
+
+    def unpack(done) -> torch.Tensor:
+        reduced = done.value()[0]
+        tensor.copy_(reduced[:-1])
+        share.global_loss = reduced[-1]
+        return tensor
+
+    return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
 
 
 class DataParallel:
@@ -322,10 +357,18 @@ class DataParallel:
         # Constructing it broadcasts rank 0's parameters, and waits for every rank: no rank
         # starts training before every rank has built (and resumed) its run.
         self.module = DistributedDataParallel(run.model, device_ids=device_ids)
-        self.shard_weight = _ShardWeight()
-        self.module.register_comm_hook(self.shard_weight, weighted_allreduce)
-        # The step plugin gets the wrapper as the model; every other plugin the bare model.
-        self.step_state = LoopState(run=dataclasses.replace(run, model=self.module), progress=state.progress)
+        self.share = share = StepShare()
+        self.module.register_comm_hook(share, weighted_allreduce)
+        loss_fn = run.loss_fn
+
+        def loss_on_shard(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            share.loss = loss = loss_fn(predictions, targets)  # for the hook: it rides with the gradients
+            return loss
+
+        # The step plugin gets the wrapper as the model (and the loss that the hook reduces);
+        # every other plugin the bare model.
+        self.step_state = LoopState(run=dataclasses.replace(run, model=self.module, loss_fn=loss_on_shard),
+                                    progress=state.progress)
         self.stop = state.progress.stop
         self.stopped_by = torch.zeros(1, dtype=torch.int64)
 
@@ -343,18 +386,19 @@ class DataParallel:
         """The step on this rank's block of each global batch; it returns the global batch's loss."""
         import torch.distributed as dist
 
-        rank, world, shard_weight, mean = self.rank, self.world, self.shard_weight, self.reduction == "mean"
-        all_reduce = dist.all_reduce
+        rank, world, share, mean = self.rank, self.world, self.share, self.reduction == "mean"
 
         def shard_step(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             rows = len(features)
             start, stop = block(rows, rank, world)
-            share = (stop - start) / rows if mean else 1.0
-            shard_weight.weight = share
+            share.weight = weight = (stop - start) / rows if mean else 1.0
+            share.global_loss = None
             loss = step(features[start:stop], targets[start:stop])
-            value = loss.detach() * share
-            all_reduce(value)
-            return value
+            share.loss, global_loss = None, share.global_loss
+            if global_loss is None:  # a step plugin's own loss, not run.loss_fn's: reduced on its own
+                global_loss = loss.detach() * weight
+                dist.all_reduce(global_loss)
+            return global_loss
 
         return shard_step
 

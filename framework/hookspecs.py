@@ -149,6 +149,11 @@ def framework_configure_step(state: LoopState) -> Callable[[Any, Any], torch.Ten
     LBFGS work), and return the loss computed in that step's first forward pass, as a tensor,
     without synchronising with the device. If it clips gradients it sets
     ``state.progress.grad_norm`` to the norm before clipping. It is called on every step: keep it lean.
+
+    Under DDP (``trainer.strategy``, framework/distributed.py) ``state.run.model`` here is the
+    ``DistributedDataParallel`` wrapper of the model (its forward prepares the gradients'
+    all-reduce) and ``state.run.loss_fn`` the loss whose value the all-reduce carries; ``step`` is
+    given this rank's block of each global batch. Every other hook sees the bare model.
     """
 
 

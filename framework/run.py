@@ -135,7 +135,7 @@ def run_training(
             stop = state.progress.stop
             message = f"interrupted at step {result['steps']}"
             if run_dir is not None:
-                message += f"; resume with:\n  {resume_command(overrides or [], run_dir)}"
+                message += f"; resume with:\n  {distributed.launch_command(resume_command(overrides or [], run_dir), parallel)}"
             log.warning("%s", message)
             raise Interrupted(stop.signal, message)
         return result

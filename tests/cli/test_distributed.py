@@ -24,6 +24,7 @@ from framework.checkpoints import list_checkpoints
 from framework.errors import ConfigError
 from framework.weights import read_weights
 from tests.conftest import cli_env
+from tests.framework.compare import events
 
 RANKS = 2
 TIMEOUT = 120  # seconds: a rank that hangs in a collective fails the test instead of the suite
@@ -154,6 +155,13 @@ def test_a_sum_loss_over_unequal_blocks_one_run_folder_written_by_rank_0(tmp_pat
     for name, value in expected.items():
         torch.testing.assert_close(saved[name], value, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.tensor(result["params"][name]), value, rtol=1e-5, atol=1e-6)
+    # params/ tags as one process names them, and train/loss the global batch's loss.
+    accumulator = events(run_dir)
+    scalars = set(accumulator.Tags()["scalars"])
+    assert {"params/weight/0_0", "params/weight/0_1", "params/bias", "train/loss"} <= scalars
+    assert not any("module" in tag for tag in scalars)
+    first_loss = accumulator.Scalars("train/loss")[0].value
+    assert first_loss == pytest.approx(float(targets.pow(2).sum()), rel=1e-5)  # zero weights: the targets' sse
     # One console: rank 0's progress lines, once.
     assert done.stdout.count("completed after 20 steps") == 1, done.stdout[-3000:]
 
@@ -212,7 +220,7 @@ def finish(launcher: subprocess.Popen) -> str:
 
 
 LONG_RUN = ("optimizer=sgd", "optimizer.lr=0.001", f"data.batch_size={BATCH}", "data.shuffle=true",
-            "trainer.checkpoint_every=50", "logger=[]")
+            "trainer.checkpoint_every=25", "logger=[]")
 
 
 def test_a_stop_on_one_rank_ends_every_rank_cleanly(tmp_path):
@@ -235,7 +243,7 @@ def test_a_stop_on_one_rank_ends_every_rank_cleanly(tmp_path):
 def test_sigterm_to_the_whole_group_then_resume_ends_as_an_uninterrupted_run(tmp_path):
     csv = tmp_path / "rows.csv"
     write_rows(csv)
-    steps = "trainer.max_steps=3000"
+    steps = "trainer.max_steps=1000"
     whole = run_torchrun(tmp_path, "-m", "framework", *linear_task(csv, *LONG_RUN, steps, f"hydra.run.dir={tmp_path / 'whole'}"))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -245,12 +253,12 @@ def test_sigterm_to_the_whole_group_then_resume_ends_as_an_uninterrupted_run(tmp
     os.killpg(launcher.pid, signal.SIGTERM)  # torchrun and both ranks, as a scheduler would
     stderr = finish(launcher)
     cut = json.loads((run_dir / "result.json").read_text())
-    assert cut["status"] == "interrupted" and 0 < cut["steps"] < 3000, stderr[-3000:]
+    assert cut["status"] == "interrupted" and 0 < cut["steps"] < 1000, stderr[-3000:]
 
     resumed = run_torchrun(tmp_path, "-m", "framework", *linear_task(csv, *LONG_RUN, steps, f"trainer.resume={run_dir}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "completed" and result["steps"] == 3000
+    assert result["status"] == "completed" and result["steps"] == 1000
     expected, _ = read_weights(tmp_path / "whole" / "model.safetensors")
     got, _ = read_weights(run_dir / "model.safetensors")
     for name in expected:

@@ -21,9 +21,9 @@ What holds under DDP, and where:
   ``rows/n`` for a loss that is a mean over rows, ``1`` for one that is a sum (``sse``); which of
   the two a loss is, is measured once (:func:`rows_reduction`). Blocks that differ by a row are
   weighed exactly.
-- **The loss** every rank sees from a step is the global batch's (one all-reduce of a scalar), so
-  everything decided from it (a non-finite loss, ``trainer.tol.*``, logged metrics, early
-  stopping) is decided alike on every rank.
+- **The loss** every rank sees from a step is the global batch's (it rides with the last gradient
+  bucket's all-reduce), so everything decided from it (a non-finite loss, ``trainer.tol.*``,
+  logged metrics, early stopping) is decided alike on every rank.
 - **Stops** that one rank alone may see (a signal, ``trainer.max_time``, a plugin's request) are
   agreed at every step boundary (:meth:`DataParallel.agree_to_go_on`: one all-reduce of one
   integer); the lowest rank that asked gives the reason, and every rank stops after the same step.
@@ -32,8 +32,10 @@ What holds under DDP, and where:
   those of a single process. Small models keep their flat parameter (framework/flat_parameters.py):
   their parameters are views of it, and DDP reduces into their gradients in place.
 
-A single process (``trainer.strategy=single``, or ``auto`` without a launcher's environment)
-never imports torch.distributed's machinery here and costs the loop one ``is None`` test a step.
+A step thus costs two collectives: the gradients (with the loss) and the stop flag. A single
+process (``trainer.strategy=single``, or ``auto`` without a launcher's environment) joins no group
+and costs the loop one ``is None`` test a step. ``optimizer=lbfgs`` is refused: its line search
+compares loss values inside its step, which the ranks do not share.
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ def launch_scope(args: list[str]):
     finally:
         _launch = None
         try:
-            launch.send_folder(None, exit_code or 1)  # only if none was sent: rank 0 ended early
+            launch.send_folder(None, exit_code)  # only if none was sent: rank 0 ended early (--cfg job: 0)
         finally:
             if launch.joined:
                 leave_process_group()

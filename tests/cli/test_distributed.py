@@ -274,3 +274,15 @@ def test_ddp_without_a_launcher_is_refused_by_name(tmp_path, monkeypatch):
         framework.train(["+task=linear", "trainer.strategy=ddp", "logger=[]"], run_dir=tmp_path / "run")
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "failed" and "torchrun" in result["error"]
+
+
+def test_a_sweep_under_torchrun_is_refused_before_any_folder_is_made(tmp_path):
+    # Lightning #2727: every rank would run the whole sweep. Rank 0 refuses it before Hydra runs
+    # and passes its exit status to the others, which wait for its run folder (torchrun may
+    # stop them first: it ends the group once one process fails).
+    done = run_torchrun(tmp_path, "-m", "framework", "-m", "+task=linear", "trainer.strategy=ddp",
+                        "optimizer.lr=0.001,0.01", "logger=[]")
+    assert done.returncode != 0
+    assert done.stderr.count("a sweep (-m) under torchrun would run the whole sweep in every process") == 1
+    assert "exitcode  : 2" in done.stderr, done.stderr[-3000:]  # torchrun's report: a config error
+    assert list(tmp_path.iterdir()) == []  # no folder, sweep or run

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from framework import schema_cache
+from framework import distributed, schema_cache
 from framework.cluster import job_lost, start_task, wait_for_local_jobs
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
@@ -51,6 +51,12 @@ register_resolvers()
 
 
 def main() -> None:
+    # Under torchrun, every rank joins the process group here and all take rank 0's run folder.
+    with distributed.launch_scope(sys.argv[1:]):
+        run_command_line()
+
+
+def run_command_line() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
     # A log line that cannot be written (stdout piped into `head`, a full disk under the log
@@ -61,7 +67,8 @@ def main() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
-        sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:])))]
+        sys.argv = [sys.argv[0], *distributed.hydra_overrides(
+            run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:]))))]
         cache = schema_cache.current()  # its key is taken before the plugins are imported
         manager = create_plugin_manager()
         registry = build_registry(manager)

@@ -156,6 +156,11 @@ def framework_configure_step(state: LoopState) -> Callable[[Any, Any], torch.Ten
     before clipping, and updates through ``scaler.step(optimizer)`` and ``scaler.update()``
     (without a closure: 16-mixed refuses optimizers that need one). It is called on every step:
     keep it lean.
+
+    Under DDP (``trainer.strategy``, framework/distributed.py) ``state.run.model`` here is the
+    ``DistributedDataParallel`` wrapper of the model (its forward prepares the gradients'
+    all-reduce) and ``state.run.loss_fn`` the loss whose value the all-reduce carries; ``step`` is
+    given this rank's block of each global batch. Every other hook sees the bare model.
     """
 
 

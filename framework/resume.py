@@ -41,7 +41,7 @@ MAY_CHANGE = (
     "trainer.max_steps", "trainer.max_epochs", "trainer.log_every", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.resume", "trainer.init_from", "trainer.device",
     "trainer.tolerance", "trainer.tol", "trainer.max_time", "trainer.val_every", "trainer.param_log_limit",
-    "trainer.doctor", "trainer.deterministic",
+    "trainer.doctor", "trainer.deterministic", "trainer.strategy",
     "logger",
 )
 # Settings added after checkpoints were first written, with the value every run had before: a

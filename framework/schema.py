@@ -75,6 +75,10 @@ class TrainerConfig:
     # reproducible CUDA runs: torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8
     # when unset, cudnn.benchmark off (framework/devices.py); false changes nothing
     deterministic: bool = False
+    # auto | ddp | single. ddp: data-parallel over the processes torchrun starts (it exports
+    # WORLD_SIZE, RANK, ...; README "Scaling out"); auto: ddp when such a launch started more
+    # than one process, else single; single: one process, whatever the environment says
+    strategy: str = "auto"
 
 
 def loss_tolerance(trainer: TrainerConfig) -> float | None:

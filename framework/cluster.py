@@ -102,9 +102,9 @@ def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
         export_torchrun_env()
         if task.rank > 0:
             leave_log_file_to_rank_zero()
-        if trainer.get("strategy") != "ddp":
+        if trainer.get("strategy") == "single":
             log.warning("this job runs %d processes (hydra.launcher.tasks_per_node x nodes); they train one "
-                        "model together only with trainer.strategy=ddp", task.tasks)
+                        "model together only with trainer.strategy=ddp or auto", task.tasks)
     return task
 
 

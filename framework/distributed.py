@@ -373,6 +373,8 @@ class DataParallel:
                                     progress=state.progress)
         self.stop = state.progress.stop
         self.stopped_by = torch.zeros(1, dtype=torch.int64)
+        log.info("data-parallel training over %d processes (%s): each takes its block of every batch",
+                 self.world, dist.get_backend())
 
     def check_batches(self, run) -> None:
         """Every rank gets at least one row of every batch (the last one of an epoch included)."""

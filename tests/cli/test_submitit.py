@@ -138,7 +138,8 @@ def test_a_job_of_two_tasks_gets_torchruns_variables_and_one_folder(tmp_path):
     (tmp_path / "task_probe.py").write_text(textwrap.dedent(TASK_PROBE))
     sweep = launch_sweep(tmp_path, LOCAL, "hydra.launcher.tasks_per_node=2",
                          "+hydra.callbacks.probe._target_=task_probe.RecordTask",
-                         "+task=linear", "trainer.seed=1,2", "trainer.max_steps=5", "logger=[]")
+                         "+task=linear", "trainer.seed=1,2", "trainer.max_steps=5", "logger=[]",
+                         "trainer.strategy=single")  # the probe, not the fit, joins the tasks' group
     no_other_run_folders(sweep, tmp_path)
     jobs = {name: path for name, path in sweep.job_dirs().items() if name != ".submitit"}
     assert set(jobs) == {"trainer.seed=1", "trainer.seed=2"}, sweep.describe()

@@ -363,6 +363,24 @@ def check_submitit_local_sweep(ran: Ran) -> None:
     assert {row["job"] for row in summary_rows(folder)} == set(results)
 
 
+def check_submitit_local_ddp_sweep(ran: Ran) -> None:
+    """A sweep whose jobs are 2-process DDP jobs: each job's two submitit tasks train one model
+    into one folder, and the update is the single-process one (the README's polyfit figures)."""
+    succeeded(ran)
+    folder = sweep_folder(ran)
+    results = {path.parent.name: json.loads(path.read_text()) for path in folder.glob("*/result.json")}
+    assert set(results) == {"optimizer.lr=0.01", "optimizer.lr=0.1"}
+    assert all((result["status"], result["steps"]) == ("completed", 1000) for result in results.values())
+    for job in results:
+        assert "data-parallel training over 2 processes (gloo)" in (folder / job / "framework.log").read_text()
+    assert sorted(path.name for path in folder.glob(".submitit/*/*_log.out")) == sorted(
+        f"{job_id}_{rank}_log.out" for job_id in {path.name for path in folder.glob(".submitit/*")
+                                                 if path.name != "%j"} for rank in (0, 1))
+    claimed = readme_claim(r"A ≈ ([\d.]+), B ≈ ([\d.]+), C ≈ ([\d.]+)")
+    assert [round(value, 2) for value in polyfit_params(results["optimizer.lr=0.01"])] == claimed
+    assert {row["job"] for row in summary_rows(folder)} == set(results)
+
+
 def check_checkpoint_every(ran: Ran) -> None:
     """Also a checkpoint every 100 steps, pruned to the newest 3, named by step."""
     succeeded(ran)
@@ -544,6 +562,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
         check_joblib_sweep,
     OPTUNA_SWEEP: check_optuna_sweep,
     SUBMITIT_LOCAL: check_submitit_local_sweep,
+    SUBMITIT_LOCAL_DDP: check_submitit_local_ddp_sweep,
     CHECKPOINTS: check_checkpoint_every,
     RESUME: check_resume,
     RESUME_LONGER: check_resume_longer,
@@ -557,8 +576,6 @@ SKIPPED = {
     "tensorboard --logdir outputs": SERVES_TENSORBOARD,
     SUBMITIT_SLURM: "needs a SLURM cluster; tests/cli/test_submitit.py runs the same launcher's local mode",
     SUBMITIT_SLURM_DDP: "needs a SLURM cluster with GPUs; tests/cli/test_submitit.py runs jobs of 2 tasks locally",
-    SUBMITIT_LOCAL_DDP: "needs trainer.strategy=ddp (issue 11, point 1), on another branch; "
-                        "tests/cli/test_submitit.py checks each task's torchrun variables and process group",
 }
 
 # Run in order in one folder: the later ones name the first one's run folder.
@@ -567,7 +584,7 @@ CHAINS = [[CHECKPOINTS, RESUME, RESUME_LONGER, WARM_START]]
 PREPARE: dict[str, Callable[[Path], None]] = {OWN_CSV: write_my_csv}
 
 # Rough relative run times, so the longest chains start first.
-COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, SUBMITIT_LOCAL: 2, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
+COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, SUBMITIT_LOCAL: 2, SUBMITIT_LOCAL_DDP: 3, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from framework import distributed
 from framework.build import build_model
 from framework.data import Dataset
 from framework.error_messages import describe_error
@@ -77,6 +78,13 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
     if run_dir is not None:
         overrides.append(f"hydra.run.dir={hydra_value(str(Path(run_dir).resolve()))}")
     overrides = run_folder_overrides(overrides)
+    # Under torchrun, every rank joins the process group here and all take rank 0's run folder.
+    with distributed.launch_scope(overrides):
+        return train_in_hydra(distributed.hydra_overrides(overrides))
+
+
+def train_in_hydra(overrides: list[str]) -> Run:
+    """:func:`train` once the overrides are final."""
     manager = create_plugin_manager()
     registry = build_registry(manager)
     store_configs(registry)

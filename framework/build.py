@@ -13,6 +13,7 @@ from framework.data import Dataset, prepare_dataset, split_off_validation
 from framework.devices import default_dtype
 from framework.errors import ConfigError, FrameworkError, PluginError
 from framework.flat_parameters import can_flatten, flatten
+from framework.precision import mixed_precision
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
 from framework.standardize import standardize_inputs
@@ -169,6 +170,7 @@ def build_state(
     optimizer = build_optimizer(parameters)
     if can_flatten(model, parameters, optimizer):  # the same updates, cheaper
         optimizer = flatten(build_optimizer, parameters)
+    precision = mixed_precision(trainer.precision, device, dtype, optimizer)
 
     scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)
     scheduler = call_factory(scheduler_component, scheduler_config, optimizer=optimizer, max_steps=max_steps)
@@ -198,6 +200,7 @@ def build_state(
         max_steps=max_steps,
         limit_reason=limit_reason,
         config=OmegaConf.to_container(cfg, resolve=True),
+        precision=precision,
     )
     return LoopState(run=run, progress=Progress(shuffle_generator=shuffle_generator))
 

@@ -2,9 +2,9 @@
 
 A checkpoint is one ``torch.save`` file of tensors and plain containers, under the run folder's
 ``checkpoints/``, named by its step so that names sort in step order
-(``step_0000001000.pt``). It holds the model, optimizer and scheduler state dicts, the progress
-(with every random generator's state), each stateful plugin's state, the composed config, and
-the framework and torch versions. It is loaded with ``torch.load(weights_only=True)`` and never
+(``step_0000001000.pt``). It holds the model, optimizer and scheduler state dicts, 16-mixed's
+gradient scaler's, the progress (with every random generator's state), each stateful plugin's
+state, the composed config, and the framework and torch versions. It is loaded with ``torch.load(weights_only=True)`` and never
 with full unpickling, so a crafted file cannot run code.
 """
 
@@ -106,6 +106,13 @@ def restore_host_state(optimizer: torch.optim.Optimizer, entries: list[list]) ->
             parameter_state[key] = parameter_state[key].cpu()
 
 
+def scaler_state(run) -> dict[str, Any] | None:
+    """16-mixed's loss scale and its count of steps since the last skipped one (plain numbers);
+    None for precision 32 and bf16, which have no scaler."""
+    scaler = None if run.precision is None else run.precision.scaler
+    return None if scaler is None else scaler.state_dict()
+
+
 def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, Any]:
     run = state.run
     # The plugins first: a replayed job of the vectorized launcher (framework/vectorized.py)
@@ -122,6 +129,7 @@ def checkpoint_contents(state: LoopState, manager: PluginManager) -> dict[str, A
         "optimizer": run.optimizer.state_dict(),
         "optimizer_host_state": host_state_entries(run.optimizer),
         "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+        "scaler": scaler_state(run),
         "progress": state.progress.state_dict(),
         "plugins": plugins,
     }

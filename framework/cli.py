@@ -22,7 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from framework import schema_cache
+from framework import distributed, schema_cache
+from framework.cluster import job_lost, start_task, wait_for_local_jobs
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
 from framework.errors import user_message
@@ -51,6 +52,12 @@ register_resolvers()
 
 
 def main() -> None:
+    # Under torchrun, every rank joins the process group here and all take rank 0's run folder.
+    with distributed.launch_scope(sys.argv[1:]):
+        run_command_line()
+
+
+def run_command_line() -> None:
     user_wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"
     # A log line that cannot be written (stdout piped into `head`, a full disk under the log
@@ -61,7 +68,8 @@ def main() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
-        sys.argv = [sys.argv[0], *run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:])))]
+        sys.argv = [sys.argv[0], *distributed.hydra_overrides(
+            run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:]))))]
         cache = schema_cache.current()  # its key is taken before the plugins are imported
         manager = create_plugin_manager()
         registry = build_registry(manager)
@@ -79,6 +87,9 @@ def main() -> None:
             if multirun and interrupted_by(sweep_dir):
                 skip_job(hydra_config)
                 return math.inf
+            # A task of a submitit job (hydra/launcher=submitit_*): torchrun's variables for its
+            # ranks, its threads, rank 0 alone on the log file; nothing outside such a job.
+            start_task(cfg.trainer, hydra_config.launcher)
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)
@@ -164,10 +175,15 @@ def ctrl_c_only_while_working():
 def cut_short(error: BaseException) -> None:
     """A sweep that Hydra or its launcher ended by an exception: its summary is still written.
     Where the sweep was interrupted (a Ctrl-C that reached a parallel launcher's workers while
-    they started, which breaks its pool), that is what is reported; otherwise ``error``."""
+    they started, which breaks its pool), that is what is reported; otherwise ``error`` (a
+    submitit job that was killed, once the other local jobs have ended)."""
     sweep_dir = SweepSummary.sweep_dir
     if sweep_dir is None:
         raise error
+    lost = job_lost(error, sweep_dir)
+    if lost is not None:  # a killed job: the others run on, and the summary waits for them
+        wait_for_local_jobs()
+        error = lost
     signum = interrupted_by(sweep_dir)
     if signum is None and isinstance(error, KeyboardInterrupt):
         signum = getattr(error, "signal", signal.SIGINT)

@@ -24,8 +24,10 @@ The ``state`` every fit hook receives is a :class:`framework.LoopState`:
 - ``state.run`` (:class:`framework.BuiltRun`): the components and settings, built once and never
   replaced: ``model``, ``loss_fn``, ``optimizer``, ``scheduler``, ``data``, ``trainable``
   (the parameters being trained, by name), ``trainer`` (the ``trainer.*`` settings), ``device``,
-  ``dtype``, ``max_steps``, ``task``, ``run_dir``, ``components`` (kind -> chosen name) and
-  ``config`` (the composed config as plain containers).
+  ``dtype``, ``max_steps``, ``task``, ``run_dir``, ``components`` (kind -> chosen name),
+  ``config`` (the composed config as plain containers) and ``precision``
+  (:class:`framework.precision.MixedPrecision` for ``trainer.precision`` bf16 or 16-mixed, None
+  for 32).
 - ``state.progress`` (:class:`framework.Progress`): where the loop is: ``step`` (optimizer
   updates done), ``epoch``, ``batch_index``, ``last_loss`` and ``stop``, the stop request. Any
   plugin may call ``state.progress.stop.request(reason)``; the loop finishes the current step
@@ -148,7 +150,17 @@ def framework_configure_step(state: LoopState) -> Callable[[Any, Any], torch.Ten
     backward inside a closure passed to ``optimizer.step(closure)`` (so closure optimizers such as
     LBFGS work), and return the loss computed in that step's first forward pass, as a tensor,
     without synchronising with the device. If it clips gradients it sets
-    ``state.progress.grad_norm`` to the norm before clipping. It is called on every step: keep it lean.
+    ``state.progress.grad_norm`` to the norm before clipping. When ``state.run.precision`` is not
+    None it runs the forward pass and the loss under ``precision.autocast()`` and, when
+    ``precision.scaler`` is set (16-mixed), backpropagates the scaled loss, unscales the gradients
+    before clipping, and updates through ``scaler.step(optimizer)`` and ``scaler.update()``
+    (without a closure: 16-mixed refuses optimizers that need one). It is called on every step:
+    keep it lean.
+
+    Under DDP (``trainer.strategy``, framework/distributed.py) ``state.run.model`` here is the
+    ``DistributedDataParallel`` wrapper of the model (its forward prepares the gradients'
+    all-reduce) and ``state.run.loss_fn`` the loss whose value the all-reduce carries; ``step`` is
+    given this rank's block of each global batch. Every other hook sees the bare model.
     """
 
 

@@ -131,12 +131,13 @@ def full_data_loss(run: BuiltRun) -> float | None:
 MAX_PENDING_LOSSES = 100
 
 
-def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dict[str, Any]:
+def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None, parallel=None) -> dict[str, Any]:
     """Train until a stop is requested; always fire ``framework_fit_end`` and write result.json.
 
     With a ``checkpointer``, save every ``trainer.checkpoint_every`` steps, and at the end of a
     fit that completed or was stopped by a request (a signal) save the last checkpoint and the
-    model's weights.
+    model's weights. With ``parallel`` (a :class:`framework.distributed.DataParallel`), the step
+    trains this rank's shard through DDP and every rank agrees on each stop.
     """
     run, progress = state.run, state.progress
     stop = progress.stop
@@ -144,7 +145,9 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
     error = None
     training = f"training {training_what(run)}"
     try:
-        step = call_hook(hook, "framework_configure_step", training, state=state)
+        # Under DDP the step gets the DistributedDataParallel wrapper as state.run.model.
+        step = call_hook(hook, "framework_configure_step", training,
+                         state=state if parallel is None else parallel.step_state)
         if step is None:
             raise PluginError(
                 "no plugin provides the training step (framework_configure_step); "
@@ -167,9 +170,12 @@ def fit(state: LoopState, hook, checkpointer: Checkpointer | None = None) -> dic
             features, targets = run.data.features, run.data.targets
         pending, read_every = watch.pending, watch.read_every
         add_loss = watch.add
+        go_on = None  # one process: the stop request alone says when to end
+        if parallel is not None:  # DDP: a rank's shard, the global loss, and stops all ranks agree on
+            step, go_on = parallel.wrap_step(step), parallel.agree_to_go_on
 
         with torch.enable_grad():  # the step's backward needs it, whatever the caller set
-            while stop.reason is None:
+            while stop.reason is None if go_on is None else go_on():
                 if progress.step >= max_steps:
                     stop.request(run.limit_reason)
                     break

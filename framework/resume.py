@@ -29,7 +29,7 @@ from framework.checkpoints import (
 from framework.errors import ConfigError
 from framework.outputs import RESULT_FILE
 from framework.plugin_manager import PluginManager, call_each
-from framework.state import LoopState
+from framework.state import BuiltRun, LoopState
 from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,12 @@ MAY_CHANGE = (
     "trainer.max_steps", "trainer.max_epochs", "trainer.log_every", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.resume", "trainer.init_from", "trainer.device",
     "trainer.tolerance", "trainer.tol", "trainer.max_time", "trainer.val_every", "trainer.param_log_limit",
-    "trainer.doctor",
+    "trainer.doctor", "trainer.deterministic", "trainer.strategy",
     "logger",
 )
+# Settings added after checkpoints were first written, with the value every run had before: a
+# checkpoint that lacks one was made with that value.
+ADDED_SETTINGS = {"trainer.precision": "32"}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -66,7 +69,7 @@ def check_compatible(checkpoint: dict[str, Any], state: LoopState, path: Path) -
               for kind, saved in checkpoint["components"].items() if run.components.get(kind) != saved]
     if differ:
         raise ConfigError(f"{path} was made with other components: {'; '.join(differ)}")
-    saved, current = flatten(checkpoint["config"]), flatten(run.config)
+    saved, current = {**ADDED_SETTINGS, **flatten(checkpoint["config"])}, flatten(run.config)
     changed = [key for key in sorted(set(saved) | set(current))
                if saved.get(key) != current.get(key) and not key.startswith(MAY_CHANGE)]
     if changed:
@@ -96,6 +99,18 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any], path: Path) -> N
     optimizer.load_state_dict(saved)
 
 
+def load_scaler_state(run: BuiltRun, checkpoint: dict[str, Any], path: Path) -> None:
+    """16-mixed's gradient scaler goes on with the saved scale and its count of steps since the
+    last skipped one, so the resumed run scales, skips and grows as the uninterrupted one."""
+    scaler = None if run.precision is None else run.precision.scaler
+    if scaler is None:
+        return
+    saved = checkpoint.get("scaler")
+    if not saved:  # check_compatible has compared trainer.precision: only a damaged file lacks it
+        raise ConfigError(f"{path} holds no gradient scaler state, but this trainer.precision=16-mixed run needs it")
+    scaler.load_state_dict(saved)
+
+
 def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
     """Load everything a checkpoint holds into the built run, the progress and the plugins."""
     path = find_checkpoint(where, RESUME_KEY)
@@ -107,6 +122,7 @@ def resume_from(state: LoopState, where: str, manager: PluginManager) -> Path:
     restore_host_state(run.optimizer, checkpoint.get("optimizer_host_state", []))
     if run.scheduler is not None:
         run.scheduler.load_state_dict(checkpoint["scheduler"])
+    load_scaler_state(run, checkpoint, path)
     state.progress.load_state_dict(checkpoint["progress"])
     if state.progress.step >= run.max_steps:
         log.warning("the checkpoint is at step %d, which trainer.max_steps=%s (or max_epochs) has reached: "

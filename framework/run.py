@@ -3,6 +3,7 @@ loggers and per-fit plugins attached, and SIGINT/SIGTERM turned into a clean sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -10,13 +11,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework import distributed
 from framework.build import build_per_fit, build_state
 from framework.checkpoints import Checkpointer
-from framework.devices import resolve_device, resolve_dtype, seed_everything
+from framework.devices import resolve_device, resolve_dtype, seed_everything, use_deterministic
 from framework.errors import ConfigError, user_message
 from framework.loop import fit
 from framework.outputs import RESULT_FILE, unstarted_result, write_result
 from framework.plugin_manager import PluginManager, call_each
+from framework.precision import check_precision
 from framework.ranges import check_ranges
 from framework.registry import PER_FIT_KINDS, Registry
 from framework.resume import resume_command, resume_from, warm_start
@@ -34,6 +37,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
         raise ConfigError("trainer.resume and trainer.init_from are both set; resume goes on from a "
                           "checkpoint, init_from starts a new run from weights: choose one")
     loss_tolerance(trainer)  # trainer.tolerance and trainer.tol.loss may not disagree
+    check_precision(trainer.precision)
 
 
 def checked_trainer(cfg: DictConfig) -> TrainerConfig:
@@ -79,13 +83,25 @@ def run_training(
     device = "unknown"
     registered = []
     trace = None
+    restore_determinism = None
+    parallel = None
+    scope = contextlib.ExitStack()  # under DDP: this run's part in the process group
     try:
         try:
             trainer = checked_trainer(cfg)
+            # Before anything touches CUDA: cuBLAS reads its workspace setting once.
+            restore_determinism = use_deterministic(trainer.deterministic)
+            # Under DDP, run_dir becomes rank 0's folder, and None on the other ranks (they write nothing).
+            ddp, run_dir = scope.enter_context(distributed.run_scope(trainer.strategy, run_dir))
             device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
+            if ddp:
+                device = distributed.rank_device(device, trainer.device)
+                distributed.quiet_rank()
             seed_everything(trainer.seed)
             state = build_state(cfg, registry, trainer=trainer, device=device, dtype=dtype, task=task, run_dir=run_dir)
             for kind in PER_FIT_KINDS:
+                if kind == "logger" and ddp and run_dir is None:  # a rank > 0: rank 0 logs the run
+                    continue
                 for name, plugin in build_per_fit(kind, cfg, registry, run_dir=run_dir,
                                                   overrides=overrides or []).items():
                     provider = registry.plugin(kind, cfg[kind][name].name)
@@ -104,10 +120,12 @@ def run_training(
                 resume_from(state, trainer.resume, manager)
             elif trainer.init_from is not None:
                 warm_start(state, trainer.init_from)
+            if ddp:  # after a resume: every rank has loaded its checkpoint before any trains
+                parallel = distributed.DataParallel(state)
         except BaseException as error:
             # A run refused before its first step still leaves a result.json for sweep summaries,
             # but never in place of the record of a run that did start (a refused resume).
-            if run_dir is not None and not (Path(run_dir) / RESULT_FILE).exists():
+            if run_dir is not None and not (Path(run_dir) / RESULT_FILE).exists() and distributed.rank() == 0:
                 interrupted = isinstance(error, KeyboardInterrupt)
                 write_result(run_dir, unstarted_result(
                     task=task, status="interrupted" if interrupted else "failed",
@@ -117,17 +135,20 @@ def run_training(
             raise
         checkpointer = None if run_dir is None else Checkpointer(manager, run_dir, trainer.keep_checkpoints)
         with stop_on_signals(state.progress.stop):
-            result = fit(state, manager.hook, checkpointer)
+            result = fit(state, manager.hook, checkpointer, parallel=parallel)
         if result["status"] == "interrupted":
             stop = state.progress.stop
             message = f"interrupted at step {result['steps']}"
             if run_dir is not None:
-                message += f"; resume with:\n  {resume_command(overrides or [], run_dir)}"
+                message += f"; resume with:\n  {distributed.launch_command(resume_command(overrides or [], run_dir), parallel)}"
             log.warning("%s", message)
             raise Interrupted(stop.signal, message)
         return result
     finally:
         if trace is not None:
             trace.finish()
+        if restore_determinism is not None:
+            restore_determinism()
         for name in registered:
             manager.unregister(name=name)
+        scope.close()

@@ -68,6 +68,17 @@ class TrainerConfig:
     val_every: Optional[int] = setting(None, ge=1)
     # before the first step, report the problem's conditioning and warn when SGD's rate exceeds 2/L
     doctor: bool = True
+    # 32 | bf16 | 16-mixed: the forward pass and loss in trainer.dtype, under bfloat16 autocast, or
+    # under float16 autocast with a gradient scaler; parameters stay in trainer.dtype
+    # (framework/precision.py)
+    precision: str = "32"
+    # reproducible CUDA runs: torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8
+    # when unset, cudnn.benchmark off (framework/devices.py); false changes nothing
+    deterministic: bool = False
+    # auto | ddp | single. ddp: data-parallel over the processes torchrun starts (it exports
+    # WORLD_SIZE, RANK, ...; README "Scaling out"); auto: ddp when such a launch started more
+    # than one process, else single; single: one process, whatever the environment says
+    strategy: str = "auto"
 
 
 def loss_tolerance(trainer: TrainerConfig) -> float | None:

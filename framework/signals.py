@@ -64,7 +64,7 @@ def child_processes() -> list[int]:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == me:
+        if int(fields[1]) == me and fields[0] != "Z":  # a child that has exited is no worker
             children.append(int(entry))
     return children
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from framework.data import Dataset
+from framework.precision import MixedPrecision
 from framework.schema import TrainerConfig
 
 
@@ -46,6 +47,9 @@ class BuiltRun:
     max_steps: int = 0  # the step limit after resolving max_steps and max_epochs
     limit_reason: str = "max_steps"  # which of the two sets max_steps: the stop reason at the end
     config: dict[str, Any] = field(default_factory=dict)  # the composed config, plain containers
+    # trainer.precision bf16 or 16-mixed: the autocast dtype and 16-mixed's gradient scaler,
+    # which a step plugin honours; None for 32 (no autocast)
+    precision: MixedPrecision | None = None
 
 
 class StopRequest:

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from framework.cluster import in_submitit_job
+
 try:
     import fcntl
 except ImportError:  # no flock (Windows): the logger draws in its own process
@@ -49,6 +51,7 @@ except ImportError:  # no flock (Windows): the logger draws in its own process
 
 log = logging.getLogger("framework")
 
+FINISH_AT_EXIT_S = 120  # in a cluster job, the longest its task waits for the figures at exit
 RUNS_IN_FLIGHT = 4  # run folders whose figures may wait to be drawn at once
 OPENED = b"1"
 NICENESS = 10
@@ -118,12 +121,21 @@ class FigureWriter:
         return self._send(("close", str(run_dir)))
 
     def close_pipe(self) -> None:
-        """No more requests: the writer finishes what it has and exits (it is not waited for)."""
+        """No more requests: the writer finishes what it has and exits (it is not waited for,
+        except in a cluster job, below)."""
         if self.process is not None and self.process.stdin is not None and os.getpid() == self.owner:
             try:
                 self.process.stdin.close()
             except OSError:
                 pass
+            if in_submitit_job():
+                # A scheduler (SLURM) ends what is left of a job's processes once its tasks have
+                # exited: the figures would be lost. Called at exit, once the job's run is done.
+                try:
+                    self.process.wait(timeout=FINISH_AT_EXIT_S)
+                except subprocess.TimeoutExpired:
+                    log.warning("the figure writer had not finished after %d s; figures it had not "
+                                "written are lost", FINISH_AT_EXIT_S)
 
     def _send(self, request: tuple, answer: bool = False) -> bool:
         if not self.start():

@@ -17,7 +17,9 @@ What each reads at step t (one step = one optimizer update):
 - ``grad_norm``: the norm of the gradient the step computed, as logged under ``train/grad_norm``
   (before clipping when ``trainer.grad_clip`` is set).
 - ``step``: the largest absolute change of any trainable parameter element made by the step's
-  update; it keeps one copy of the trainable parameters to compare with.
+  update; it keeps one copy of the trainable parameters to compare with. A step whose update
+  ``trainer.precision=16-mixed``'s gradient scaler skipped (an inf in the scaled gradients)
+  moved nothing and is not counted as converged: the scaler lowered its scale then.
 - ``max_time``: seconds of training (from the fit's start), counted over resumes like the steps
   are: the time before a checkpoint is saved in it.
 
@@ -35,6 +37,7 @@ import torch
 
 from framework import hookimpl
 from framework.loop import gradient_norm
+from framework.precision import loss_scale
 
 
 class LossStop:
@@ -105,6 +108,7 @@ class StepStop:
         self.threshold = threshold
         self.parameters: list[torch.Tensor] = []
         self.before: list[torch.Tensor] = []  # the parameters before the step's update
+        self.scale: float | None = None  # 16-mixed's loss scale after the last step; else None
 
     @hookimpl
     def framework_fit_start(self, state):
@@ -114,6 +118,7 @@ class StepStop:
         # no autograd history.
         self.parameters = [p.detach() for p in state.run.trainable.values()]
         self.before = [p.clone() for p in self.parameters]
+        self.scale = loss_scale(state.run.precision)
 
     @hookimpl
     def framework_step_end(self, state, loss):
@@ -122,6 +127,13 @@ class StepStop:
         torch._foreach_sub_(self.before, self.parameters)
         value = torch.stack(torch._foreach_norm(self.before, math.inf)).max().item()
         torch._foreach_copy_(self.before, self.parameters)
+        if self.scale is not None:
+            # The scaler lowers its scale exactly when it skips a step's update (it only raises
+            # it otherwise): a step that did not update is no sign of convergence.
+            scale = loss_scale(state.run.precision)
+            skipped, self.scale = scale < self.scale, scale
+            if skipped:
+                return
         if value < self.threshold:
             state.progress.stop.request(f"step {value:.3g} < {self.threshold:g}")
 

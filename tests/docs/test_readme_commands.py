@@ -350,6 +350,37 @@ def check_optuna_sweep(ran: Ran) -> None:
     assert best["best_value"] == min(result["final_loss"] for result in jobs.values())
 
 
+def check_submitit_local_sweep(ran: Ran) -> None:
+    """Through submitit's local mode (its own processes, its files in .submitit/): each job in its
+    own folder with result.json and a TensorBoard run, and the sweep's summary."""
+    succeeded(ran)
+    folder = sweep_folder(ran)
+    assert "Submitit 'local' sweep output dir" in ran.output and (folder / ".submitit").is_dir()
+    results = {path.parent.name: json.loads(path.read_text()) for path in folder.glob("*/result.json")}
+    assert set(results) == {"trainer.seed=1", "trainer.seed=2"}
+    assert all((result["status"], result["steps"]) == ("completed", 200) for result in results.values())
+    assert all(list((folder / job).glob("events.out.tfevents.*")) for job in results)
+    assert {row["job"] for row in summary_rows(folder)} == set(results)
+
+
+def check_submitit_local_ddp_sweep(ran: Ran) -> None:
+    """A sweep whose jobs are 2-process DDP jobs: each job's two submitit tasks train one model
+    into one folder, and the update is the single-process one (the README's polyfit figures)."""
+    succeeded(ran)
+    folder = sweep_folder(ran)
+    results = {path.parent.name: json.loads(path.read_text()) for path in folder.glob("*/result.json")}
+    assert set(results) == {"optimizer.lr=0.01", "optimizer.lr=0.1"}
+    assert all((result["status"], result["steps"]) == ("completed", 1000) for result in results.values())
+    for job in results:
+        assert "data-parallel training over 2 processes (gloo)" in (folder / job / "framework.log").read_text()
+    assert sorted(path.name for path in folder.glob(".submitit/*/*_log.out")) == sorted(
+        f"{job_id}_{rank}_log.out" for job_id in {path.name for path in folder.glob(".submitit/*")
+                                                 if path.name != "%j"} for rank in (0, 1))
+    claimed = readme_claim(r"A ≈ ([\d.]+), B ≈ ([\d.]+), C ≈ ([\d.]+)")
+    assert [round(value, 2) for value in polyfit_params(results["optimizer.lr=0.01"])] == claimed
+    assert {row["job"] for row in summary_rows(folder)} == set(results)
+
+
 def check_checkpoint_every(ran: Ran) -> None:
     """Also a checkpoint every 100 steps, pruned to the newest 3, named by step."""
     succeeded(ran)
@@ -491,6 +522,17 @@ def check_gap_sweep(ran: Ran) -> None:
     assert float(noisy_lbfgs["optimality_gap"]) < float(clean_nadam["optimality_gap"])
 
 
+SUBMITIT_LOCAL = shlex.join(shlex.split("python -m framework -m hydra/launcher=submitit_local +task=linear 'trainer.seed=1,2'"))
+SUBMITIT_SLURM = shlex.join(shlex.split(
+    "python -m framework -m hydra/launcher=submitit_slurm hydra.launcher.partition=PARTITION "
+    "hydra.launcher.timeout_min=60 +task=polyfit optimizer=adam,nadam optimizer.lr=0.01,0.1"))
+SUBMITIT_SLURM_DDP = shlex.join(shlex.split(
+    "python -m framework -m hydra/launcher=submitit_slurm hydra.launcher.partition=PARTITION "
+    "hydra.launcher.nodes=1 hydra.launcher.tasks_per_node=2 hydra.launcher.gpus_per_node=2 "
+    "trainer.strategy=ddp trainer.device=cuda +task=polyfit optimizer.lr=0.01,0.1"))
+SUBMITIT_LOCAL_DDP = shlex.join(shlex.split(
+    "python -m framework -m hydra/launcher=submitit_local hydra.launcher.tasks_per_node=2 "
+    "trainer.strategy=ddp +task=polyfit optimizer.lr=0.01,0.1"))
 GRID_SWEEP = "python -m framework -m +task=polyfit optimizer=adam,nadam,rmsprop optimizer.lr=0.01,0.1"
 OPTUNA_SWEEP = ("python -m framework -m hydra/sweeper=optuna hydra.sweeper.n_trials=10 +task=polyfit "
                 "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
@@ -519,6 +561,8 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "python -m framework -m hydra/launcher=joblib hydra.launcher.n_jobs=2 +task=polyfit optimizer=adam,nadam":
         check_joblib_sweep,
     OPTUNA_SWEEP: check_optuna_sweep,
+    SUBMITIT_LOCAL: check_submitit_local_sweep,
+    SUBMITIT_LOCAL_DDP: check_submitit_local_ddp_sweep,
     CHECKPOINTS: check_checkpoint_every,
     RESUME: check_resume,
     RESUME_LONGER: check_resume_longer,
@@ -530,6 +574,8 @@ SERVES_TENSORBOARD = ("serves TensorBoard until stopped; tests/cli/test_tensorbo
 SKIPPED = {
     "tensorboard --logdir 'multirun/<date>/<time>'": SERVES_TENSORBOARD,
     "tensorboard --logdir outputs": SERVES_TENSORBOARD,
+    SUBMITIT_SLURM: "needs a SLURM cluster; tests/cli/test_submitit.py runs the same launcher's local mode",
+    SUBMITIT_SLURM_DDP: "needs a SLURM cluster with GPUs; tests/cli/test_submitit.py runs jobs of 2 tasks locally",
 }
 
 # Run in order in one folder: the later ones name the first one's run folder.
@@ -538,7 +584,7 @@ CHAINS = [[CHECKPOINTS, RESUME, RESUME_LONGER, WARM_START]]
 PREPARE: dict[str, Callable[[Path], None]] = {OWN_CSV: write_my_csv}
 
 # Rough relative run times, so the longest chains start first.
-COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
+COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, SUBMITIT_LOCAL: 2, SUBMITIT_LOCAL_DDP: 3, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,15 +44,15 @@ class SignalAt:
             os.kill(os.getpid(), self.signum)
 
 
-def interrupted_then_resumed(train, manager, overrides: list[str], run_dir, at_step: int) -> dict:
+def interrupted_then_resumed(train, manager, overrides: list[str], run_dir, at_step: int, **train_options) -> dict:
     """Run ``overrides`` in ``run_dir`` until a real SIGINT at ``at_step``, then resume it there
     to its end: the resumed run's result, to compare with an uninterrupted run's."""
     stopper = SignalAt(at_step)
     manager.register_plugin(stopper, "stopper", "test")
     with pytest.raises(Interrupted):
-        train(overrides, run_dir=run_dir)
+        train(overrides, run_dir=run_dir, **train_options)
     manager.unregister(stopper)
-    return train([*overrides, f"trainer.resume={run_dir}"], run_dir=run_dir)
+    return train([*overrides, f"trainer.resume={run_dir}"], run_dir=run_dir, **train_options)
 
 
 @pytest.fixture

@@ -20,14 +20,13 @@ from framework.errors import ConfigError
 from framework.plugin_manager import build_registry
 from framework.run import run_training
 from framework.schema import store_configs
-from framework.signals import Interrupted
 from framework.standardize import StandardizedInput, column_statistics, standardize_inputs
 from framework_plugins.linear_model import Linear
 from framework_plugins.polynomial_model import Polynomial
 from tests.conftest import run_cli
 from tests.framework.compare import assert_same_run, final_checkpoint
 from tests.framework import test_resume
-from tests.framework.test_resume import SignalAt
+from tests.framework.test_resume import interrupted_then_resumed
 
 ctrl_c_raises = test_resume.ctrl_c_raises  # the fixture, for this module's resume test
 
@@ -148,12 +147,7 @@ def test_resumed_with_standardize_equals_uninterrupted(train, manager, tmp_path)
     overrides = ["+task=polyfit", "data.standardize=true", "optimizer=adam", "optimizer.lr=0.05",
                  "data.batch_size=6", "data.shuffle=true", "trainer.max_steps=60", "trainer.log_every=5"]
     train(overrides, run_dir=tmp_path / "straight", task="polyfit")
-    stopper = SignalAt(23)
-    manager.register_plugin(stopper, "stopper", "test")
-    with pytest.raises(Interrupted):
-        train(overrides, run_dir=tmp_path / "stopped", task="polyfit")
-    manager.unregister(stopper)
-    train([*overrides, f"trainer.resume={tmp_path / 'stopped'}"], run_dir=tmp_path / "stopped", task="polyfit")
+    interrupted_then_resumed(train, manager, overrides, tmp_path / "stopped", 23, task="polyfit")
     assert_same_run(tmp_path / "stopped", tmp_path / "straight")
     assert (tmp_path / "stopped" / "model.safetensors").read_bytes() == \
         (tmp_path / "straight" / "model.safetensors").read_bytes()

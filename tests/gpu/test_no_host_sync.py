@@ -1,6 +1,9 @@
 """On a GPU, a step that does not log synchronises nothing with the host (issue 10): every such
 step runs under ``torch.cuda.set_sync_debug_mode("error")``, which raises at any operation that
-waits on the device (``.item()``, a device-to-host copy, a data-dependent shape...).
+waits on the device (``.item()``, a device-to-host copy, a data-dependent shape...). So also with
+``trainer.precision`` bf16, and 16-mixed with a fused optimizer: torch's GradScaler reads whether
+it found an inf (one sync a step) to decide whether to call a non-fused optimizer's step, while
+a fused one (``optimizer.fused=true``) skips the update on the device.
 
 Marked ``gpu`` and skipped without a CUDA device.
 """
@@ -51,6 +54,12 @@ class SyncsRefused:
     ("linear", ["optimizer=adam"]),
     ("polyfit", ["data.batch_size=7", "data.shuffle=true"]),  # shuffled minibatches, index slicing
     ("polyfit", ["trainer.grad_clip=1.0", "scheduler=cosine"]),
+    ("linear2d", ["trainer.precision=bf16"]),  # nn.Linear under bfloat16 autocast
+    ("polyfit", ["trainer.precision=bf16", "data.batch_size=7", "data.shuffle=true"]),
+    ("linear2d", ["trainer.precision=16-mixed", "optimizer=adam", "optimizer.fused=true"]),
+    # a flat parameter, fused SGD, the scaler's unscale before the clip
+    ("polyfit", ["trainer.precision=16-mixed", "optimizer=sgd", "optimizer.lr=1e-4", "optimizer.fused=true",
+                 "trainer.grad_clip=1.0"]),
 ])
 def test_steps_that_do_not_log_never_synchronise(task, extra, train, manager, tmp_path):
     log_every = 25
@@ -86,3 +95,17 @@ def test_the_sync_check_catches_a_sync(train, manager, tmp_path):
         manager.unregister(refuse)
         torch.cuda.set_sync_debug_mode("default")
     assert result is None
+
+
+def test_16_mixed_with_a_non_fused_optimizer_syncs_in_the_scaler(train, manager, tmp_path):
+    """What the README says of 16-mixed: torch's GradScaler reads found_inf (.item()) before a
+    non-fused optimizer's step, one sync a step; the check above would catch it."""
+    refuse = SyncsRefused(25)
+    manager.register_plugin(refuse, "syncs_refused", "test")
+    try:
+        with pytest.raises(Exception, match="synchroniz"):
+            train(["+task=linear2d", "trainer.device=cuda", "trainer.precision=16-mixed", "trainer.max_steps=60",
+                   "trainer.log_every=25", "logger=[]"], run_dir=tmp_path)
+    finally:
+        manager.unregister(refuse)
+        torch.cuda.set_sync_debug_mode("default")

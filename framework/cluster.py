@@ -1,0 +1,168 @@
+"""Jobs that Hydra's submitit launcher runs (``hydra/launcher=submitit_slurm`` on a cluster,
+``submitit_local`` on this machine).
+
+submitit starts each job's processes ("tasks": ``hydra.launcher.tasks_per_node`` on each of
+``hydra.launcher.nodes``) from the job's pickled, already resolved config, and every task calls
+the CLI's job function; nothing re-runs the sweep's command line, and no task re-resolves the
+sweep's folder (Hydra copies the resolver cache, and so the claimed folder, into each job's
+config). Here, before the fit:
+
+- A task of a job with several tasks gets the environment torchrun gives its ranks (``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), from
+  submitit's own :class:`submitit.helpers.TorchDistributedEnvironment`, so that
+  ``trainer.strategy=ddp`` (``init_process_group(init_method="env://")``) joins the job's tasks
+  into one process group exactly as under torchrun.
+- Only the first task (global rank 0) writes the job's log file in the run folder; the others
+  log to their own submitit log (``<sweep>/.submitit/<job id>/<job id>_<rank>_log.out``).
+- The scheduler's warning before a job's time limit or preemption (submitit asks SLURM for
+  SIGUSR2, ``signal_delay_s`` ahead) stops the fit as SIGTERM does: a checkpoint, result.json
+  with status ``interrupted``. submitit's own handler would raise in the middle of a step, and
+  its requeue would start the job again from step 0 in the same folder.
+- The TensorBoard logger's figure writer is waited for when the task exits (the scheduler ends
+  a job's leftover processes: plugins/_figure_writer.py).
+- ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
+  (SLURM reserves that many cores; submitit_local does not pin, so this is how its parallel
+  jobs share the cores).
+
+Outside a submitit job nothing here does anything.
+
+In the sweep's own process: a job whose process was killed (out of memory, by the scheduler, a
+failed node) leaves no result, and the launcher raises as soon as it reaches that job, while
+later jobs may still run. :func:`job_lost` turns that error into one that names it; the CLI
+then waits for the local jobs still running and writes the summary (:func:`framework.cli.cut_short`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from framework.errors import TrainingError
+
+if TYPE_CHECKING:  # the figure writer imports this module: it stays light
+    from omegaconf import DictConfig
+
+log = logging.getLogger("framework")
+
+# submitit sets it in every job it starts (to "local" or "slurm"); its JobEnvironment reads the
+# scheduler's own variables, which a job started without submitit (srun python ...) also has.
+SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in its submitit job."""
+
+    rank: int  # global rank among the job's tasks
+    tasks: int  # the job's tasks, on all its nodes
+    # What the scheduler sends ahead of the time limit or a preemption: submitit's choice (USR2
+    # unless SUBMITIT_PREEMPT_SIGNAL says otherwise).
+    warning_signal: int
+
+
+def in_submitit_job() -> bool:
+    """Whether this process is a task of a submitit job."""
+    return bool(os.environ.get(SUBMITIT_EXECUTOR_ENV))
+
+
+def cluster_task() -> ClusterTask | None:
+    """This process's task of a submitit job, or None outside one."""
+    if not in_submitit_job():
+        return None
+    import submitit  # only in a submitit job, where it is installed
+
+    job = submitit.JobEnvironment()
+    return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, warning_signal=job._usr_sig())
+
+
+def stop_as_on_sigterm(signum: int, frame) -> None:
+    """The scheduler's warning: a fit under way stops as on SIGTERM (framework.signals)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
+    """Prepare this process for its part of a submitit job (see the module's docstring); return
+    its task, or None outside a submitit job."""
+    task = cluster_task()
+    if task is None:
+        return None
+    signal.signal(task.warning_signal, stop_as_on_sigterm)
+    threads = launcher.get("cpus_per_task")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    if task.tasks > 1:
+        export_torchrun_env()
+        if task.rank > 0:
+            leave_log_file_to_rank_zero()
+        if trainer.get("strategy") == "single":
+            log.warning("this job runs %d processes (hydra.launcher.tasks_per_node x nodes); they train one "
+                        "model together only with trainer.strategy=ddp or auto", task.tasks)
+    return task
+
+
+def export_torchrun_env() -> None:
+    """Set torchrun's variables for this task from submitit's job environment.
+
+    ``overwrite``: the job's own values win over any the sweep's shell passed down (a job run from
+    inside another job). CUDA_VISIBLE_DEVICES is left as the scheduler set it: as under torchrun,
+    each rank sees the node's GPUs and uses ``cuda:LOCAL_RANK`` (submitit's default, device number
+    LOCAL_RANK alone, would give GPUs to a CPU job that asked for none and pick the wrong ones of
+    a ``visible_gpus`` subset).
+    """
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def leave_log_file_to_rank_zero() -> None:
+    """Stop writing this process's log into the run folder's log file: Hydra configured the same
+    file in every task of the job, and rank 0 writes it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep's process: a job that ended without a result
+# --------------------------------------------------------------------------------------------
+
+
+class JobLost(TrainingError):
+    def __init__(self, detail: str, sweep_dir: Path) -> None:
+        super().__init__(
+            f"a job ended without a result: its process was killed (out of memory, by the scheduler, "
+            f"a failed node) or could not start. submitit: {detail}. The other jobs ran to their end "
+            f"(on a cluster, those still queued or running go on); see {sweep_dir}/summary.md"
+        )
+
+
+def job_lost(error: BaseException, sweep_dir: Path) -> JobLost | None:
+    """``error`` as a :class:`JobLost` where it is submitit's word that a job left no result;
+    None for any other error."""
+    if "submitit" not in sys.modules:  # no submitit launcher ran
+        return None
+    from submitit.core.utils import UncompletedJobError
+
+    if not isinstance(error, UncompletedJobError):
+        return None
+    return JobLost(str(error).strip().splitlines()[0], sweep_dir)
+
+
+def wait_for_local_jobs(poll_s: float = 0.5) -> None:
+    """Wait until the jobs submitit_local started from this process (its child processes, one
+    controller a job) have all ended, so that the summary sees their results. On a cluster the
+    jobs are not this process's children: nothing to wait for."""
+    from framework.signals import child_processes  # not at import: the figure writer imports this module
+
+    while child_processes():
+        time.sleep(poll_s)

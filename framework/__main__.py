@@ -47,12 +47,33 @@ def main() -> None:
         _stop_at_startup()
     if answered is not None:
         sys.exit(answered)
+    code: object = None  # what the command line exits with, when it ends by itself
+    ended = False
     try:
         cli_main()
+        ended = True
+    except SystemExit as exiting:
+        code, ended = exiting.code, True
+        raise
     finally:
         # Everything is written and reported. A Ctrl-C while the interpreter shuts down (a
         # parallel launcher's pool joins its workers then) would only print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if ended:
+            _end_ddp_process(code)
+
+
+def _end_ddp_process(code: object) -> None:
+    """A DDP rank (torchrun) ends without the interpreter's teardown: torch leaves its process
+    group's threads running, and they can abort the process there (framework/process_exit.py).
+    Any other process, and one ending by an unexpected error (whose traceback Python prints),
+    ends as usual."""
+    from framework.distributed import left_a_group
+
+    if left_a_group():
+        from framework.process_exit import end_process, exit_status
+
+        end_process(exit_status(code))
 
 
 if __name__ == "__main__":

@@ -128,11 +128,22 @@ def join_process_group() -> bool:
     return True
 
 
+_left_a_group = False  # this process destroyed a process group (framework/process_exit.py says why it matters)
+
+
 def leave_process_group() -> None:
+    global _left_a_group
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
+        _left_a_group = True
+
+
+def left_a_group() -> bool:
+    """Whether this process took part in a process group, whose threads may outlive it
+    (framework.process_exit)."""
+    return _left_a_group
 
 
 def rank() -> int:

@@ -38,6 +38,7 @@ from framework.signals import Interrupted, exit_code, raise_interrupted
 from framework.sweeps import (
     SweepSummary,
     exclude_fixed_overrides,
+    help_without_sweeps,
     interrupted_by,
     mark_interrupted,
     threads_per_job,
@@ -69,7 +70,7 @@ def run_command_line() -> None:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
         sys.argv = [sys.argv[0], *distributed.hydra_overrides(
-            run_folder_overrides(exclude_fixed_overrides(null_group_overrides(sys.argv[1:]))))]
+            run_folder_overrides(exclude_fixed_overrides(help_without_sweeps(null_group_overrides(sys.argv[1:])))))]
         cache = schema_cache.current()  # its key is taken before the plugins are imported
         manager = create_plugin_manager()
         registry = build_registry(manager)

@@ -48,7 +48,51 @@ def exclude_fixed_overrides(args: list[str]) -> list[str]:
             continue
         if not override.is_sweep_override() and not override.is_hydra_override():
             fixed.append(override.key_or_group)
-    return [*args, f"{EXCLUDE_KEYS}=[{','.join(fixed)}]"] if fixed else args
+    if not fixed:
+        return args
+    # Next to the user's overrides: Hydra's argparse takes them as one run of positionals, and an
+    # override after a flag (`... --help`) would be "unrecognized".
+    at = last_override_index(args) + 1
+    return [*args[:at], f"{EXCLUDE_KEYS}=[{','.join(fixed)}]", *args[at:]]
+
+
+def help_without_sweeps(args: list[str]) -> list[str]:
+    """``-m ... 'optimizer.lr=0.1,0.01' --help``: the help of the swept config. Hydra composes
+    the help's config as one run's, where a sweep's values are an error ("Ambiguous value"), so
+    the swept overrides are left out: the options and defaults the help lists are the same."""
+    if not any(arg in ("--help", "-h") for arg in args) or not any(arg in MULTIRUN_FLAGS for arg in args):
+        return args
+    parser = OverridesParser.create()
+    kept = []
+    for arg in args:
+        if not arg.startswith("-") and "=" in arg:
+            try:
+                if parser.parse_override(arg).is_sweep_override():
+                    continue
+            except Exception:  # Hydra itself reports a malformed override
+                pass
+        kept.append(arg)
+    return kept
+
+
+# Hydra's command-line options that take a value (hydra/_internal/utils.py get_args_parser);
+# --info's value is optional, and one of these words.
+OPTIONS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--experimental-rerun")
+INFO_OPTIONS = ("--info", "-i")
+INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def last_override_index(args: list[str]) -> int:
+    """Where the last override is in ``args`` (-1: none): an argument that is neither an
+    option nor an option's value."""
+    last, previous = -1, None
+    for index, arg in enumerate(args):
+        is_value = previous in OPTIONS_WITH_VALUE or (previous in INFO_OPTIONS and arg in INFO_VALUES)
+        if not arg.startswith("-") and not is_value:
+            last = index
+        previous = arg
+    return last
 
 
 def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:

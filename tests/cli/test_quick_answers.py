@@ -197,3 +197,12 @@ def test_the_cache_follows_the_installed_plugins_their_files_and_the_disabling_v
     env[DISABLE_PLUGINS_ENV] = "probe_two"
     same_as_full_path("--help")
     assert "other_probe" not in same_as_full_path("--help").stdout
+
+
+def test_the_help_of_a_sweep_is_the_help_and_runs_nothing(tmp_path):
+    # Hydra composes the help's config as a single run's: the swept values were an error, and
+    # the folder-name exclusion the framework adds once landed after --help ("unrecognized").
+    done = run_cli("-m", "+task=polyfit", "optimizer.lr=0.1,0.01", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "== Configuration groups ==" in done.stdout
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()

@@ -12,6 +12,7 @@ from framework.sweeps import (
     EXCLUDE_KEYS,
     collect_jobs,
     exclude_fixed_overrides,
+    help_without_sweeps,
     threads_per_job,
     write_summary,
 )
@@ -27,6 +28,28 @@ def test_single_runs_and_explicit_exclusions_are_left_alone():
     assert exclude_fixed_overrides(["+task=polyfit"]) == ["+task=polyfit"]
     own = ["-m", "+task=polyfit", f"{EXCLUDE_KEYS}=[seed]"]
     assert exclude_fixed_overrides(own) == own
+
+
+def test_the_exclusion_goes_next_to_the_overrides_so_flags_after_them_still_parse():
+    # argparse takes Hydra's overrides as one run of positionals: one after --help was refused.
+    from hydra._internal.utils import get_args_parser
+
+    args = ["-m", "+task=polyfit", "optimizer.lr=0.1,0.01", "--help"]
+    exclusion = f"{EXCLUDE_KEYS}=[task]"
+    assert exclude_fixed_overrides(args) == ["-m", "+task=polyfit", "optimizer.lr=0.1,0.01", exclusion, "--help"]
+    # An option's value is not an override: the exclusion goes after the last real one.
+    args = ["+task=polyfit", "optimizer.lr=0.1,0.01", "-m", "--config-name", "config", "--info", "config"]
+    placed = exclude_fixed_overrides(args)
+    assert placed == ["+task=polyfit", "optimizer.lr=0.1,0.01", exclusion, *args[2:]]
+    parsed = get_args_parser().parse_args(placed)
+    assert parsed.overrides == ["+task=polyfit", "optimizer.lr=0.1,0.01", exclusion]
+
+
+def test_help_of_a_sweep_leaves_out_the_swept_values_only():
+    args = ["-m", "+task=polyfit", "optimizer.lr=0.1,0.01", "trainer.max_steps=5", "--help"]
+    assert help_without_sweeps(args) == ["-m", "+task=polyfit", "trainer.max_steps=5", "--help"]
+    assert help_without_sweeps(args[:-1]) == args[:-1]  # no help: the sweep runs
+    assert help_without_sweeps(args[1:]) == args[1:]  # no -m: Hydra's own "Ambiguous value" stands
 
 
 def test_job_folder_is_named_by_the_varied_overrides_in_command_line_order():

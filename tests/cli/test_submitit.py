@@ -8,6 +8,7 @@ jobs of a few steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -183,25 +184,47 @@ def task_log(sweep_dir: Path, pid: int) -> str:
     return (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
 
 
+@contextlib.contextmanager
+def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str):
+    """``python -m framework -m LOCAL ARGS`` in its own process group, so that the jobs' processes
+    end with it (:func:`ended_sweep` reads its outputs). If the test fails while the sweep runs,
+    the whole group is killed: no job is left training."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "framework", "-m", LOCAL, *args, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+def wait_until_training(process: subprocess.Popen, jobs: list[Path], deadline: float) -> None:
+    while not all((job / "framework.log").exists() and "step 1/" in (job / "framework.log").read_text()
+                  for job in jobs):
+        assert process.poll() is None and time.monotonic() < deadline, "the jobs did not start training"
+        time.sleep(0.2)
+
+
+def ended_sweep(process: subprocess.Popen, sweep_dir: Path, timeout: float) -> Sweep:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
+
+
 def test_the_schedulers_warning_and_sigterm_stop_the_running_jobs_cleanly(tmp_path):
     """The scheduler's warning before a time limit (USR2, to a job's task) stops that job as
     SIGTERM does; then SIGTERM to the sweep's process (what `kill` sends) reaches the other job's
     task through submitit's controller. Each saves a checkpoint and an interrupted result.json,
     the summary lists them, and the sweep exits 143."""
     sweep_dir = tmp_path / "sweep"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "framework", "-m", LOCAL, "+task=linear", "trainer.seed=1,2",
-         "trainer.max_steps=1000000000", "trainer.checkpoint_every=1000", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own group: the jobs' processes can be ended with it
-    )
     jobs = [sweep_dir / f"trainer.seed={seed}" for seed in (1, 2)]
-    try:
+    with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", "trainer.seed=1,2", "trainer.max_steps=1000000000",
+                                "trainer.checkpoint_every=1000") as process:
         deadline = time.monotonic() + 240
-        while not all((job / "framework.log").exists() and "step 1/" in (job / "framework.log").read_text()
-                      for job in jobs):
-            assert process.poll() is None and time.monotonic() < deadline, "the jobs did not start training"
-            time.sleep(0.2)
+        wait_until_training(process, jobs, deadline)
         tasks = task_processes(sweep_dir)
         assert len(tasks) == 2, tasks
         os.kill(tasks[0], signal.SIGUSR2)
@@ -210,12 +233,7 @@ def test_the_schedulers_warning_and_sigterm_stop_the_running_jobs_cleanly(tmp_pa
             time.sleep(0.2)
         warned = [job.name for job in jobs if (job / "result.json").exists()]
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:  # the test failed: leave no job training
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    sweep = Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
+        sweep = ended_sweep(process, sweep_dir, timeout=120)
     assert len(warned) == 1, sweep.describe()  # the other job went on training until SIGTERM
     assert sweep.returncode == 128 + signal.SIGTERM, sweep.describe()
     for job in jobs:
@@ -231,30 +249,15 @@ def test_a_killed_job_is_reported_once_the_other_jobs_have_ended(tmp_path):
     submitit's launcher raises as soon as it reaches it; the sweep still waits for the job that
     is running, summarises both, names the lost one and exits 5."""
     sweep_dir = tmp_path / "sweep"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "framework", "-m", LOCAL, "+task=linear", "trainer.max_steps=1000000000,60000",
-         f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own group: the jobs' processes can be ended with it
-    )
     endless, short = sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=60000"
-    try:
-        deadline = time.monotonic() + 240
-        while not all((job / "framework.log").exists() and "step 1/" in (job / "framework.log").read_text()
-                      for job in (endless, short)):
-            assert process.poll() is None and time.monotonic() < deadline, "the jobs did not start training"
-            time.sleep(0.2)
+    with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", "trainer.max_steps=1000000000,60000") as process:
+        wait_until_training(process, [endless, short], time.monotonic() + 240)
         # The endless job is the sweep's first: the launcher reaches it while the other runs.
         (endless_task,) = [pid for pid in task_processes(sweep_dir)
                            if "for 1000000000 steps" in task_log(sweep_dir, pid)]
         os.kill(endless_task, signal.SIGKILL)
         short_was_running = not (short / "result.json").exists()
-        stdout, stderr = process.communicate(timeout=240)
-    finally:
-        if process.poll() is None:  # the test failed: leave no job training
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    sweep = Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
+        sweep = ended_sweep(process, sweep_dir, timeout=240)
     assert short_was_running, "the short job ended before the other was killed: nothing was waited for"
     assert sweep.returncode == 5, sweep.describe()
     assert "error: a job ended without a result" in sweep.stderr and "Traceback" not in sweep.output, sweep.describe()

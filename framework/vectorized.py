@@ -132,6 +132,12 @@ def why_not_batched(task_config: dict[str, Any]) -> str | None:
     Stops that read the fit's numbers (``trainer.tol.*``, early stopping) are no reason: they act
     in the job's replayed fit, which then ends where its own run would end."""
     trainer = task_config.get("trainer", {})
+    precision = str(trainer.get("precision", "32"))
+    if precision != "32":
+        # The batched fit mirrors the default step in trainer.dtype, without autocast or a scaler.
+        return f"trainer.precision={precision} (the batched fit computes in trainer.dtype, without autocast)"
+    if trainer.get("strategy") == "ddp":
+        return "trainer.strategy=ddp (each job trains over its own processes)"
     if trainer.get("max_time") is not None:
         return "trainer.max_time is set (a stop on the clock cannot be replayed)"
     for name in ("resume", "init_from"):

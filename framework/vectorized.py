@@ -388,30 +388,35 @@ def replay_step(state: LoopState, trajectory: Trajectory):
                             "run it with the basic launcher (hydra/launcher=basic)")
     optimized = [p for group in run.optimizer.param_groups for p in group["params"]]
     if is_flattened(state):
-        targets = [(optimized[0], 0, optimized[0].numel())]
+        spans = [(optimized[0], 0, optimized[0].numel())]
     else:
-        targets, offset = [], 0
+        spans, offset = [], 0
         for param in run.trainable.values():
-            targets.append((param, offset, offset + param.numel()))
+            spans.append((param, offset, offset + param.numel()))
             offset += param.numel()
     record, job, last = trajectory.record, trajectory.job, trajectory.steps - 1
     losses = trajectory.losses
     params, grads = record.params[:, job], record.grads[:, job]
     grad_norms = None if record.grad_norms is None else record.grad_norms[:, job]
+    # Per parameter, views made once: its values (``.data``: copied into without autograd, so
+    # without a no_grad block a step) and every step's row of the record in its shape; a step
+    # is then two copies a parameter (≈ 1000 steps a job).
+    steps_recorded = params.shape[0]
+    targets = [(param, param.data, params[:, start:stop].view(steps_recorded, *param.shape),
+                grads[:, start:stop].view(steps_recorded, *param.shape)) for param, start, stop in spans]
 
     def step(features, targets_):
         index = progress.step
         if index > last:
             raise TrainingError(f"the vectorized launcher recorded {trajectory.steps} steps of this job, "
                                 f"and its fit asked for step {index + 1}")
-        row, grad_row = params[index], grads[index]
-        with torch.no_grad():
-            for param, start, stop in targets:
-                param.copy_(row[start:stop].view_as(param))
-                if param.grad is None:
-                    param.grad = grad_row[start:stop].view_as(param).clone()
-                else:
-                    param.grad.copy_(grad_row[start:stop].view_as(param))
+        for param, values, value_rows, grad_rows in targets:
+            values.copy_(value_rows[index])
+            grad = param.grad
+            if grad is None:
+                param.grad = grad_rows[index].clone()
+            else:
+                grad.copy_(grad_rows[index])
         if grad_norms is not None:
             progress.grad_norm = grad_norms[index]
         return losses[index]

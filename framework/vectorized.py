@@ -132,6 +132,12 @@ def why_not_batched(task_config: dict[str, Any]) -> str | None:
     Stops that read the fit's numbers (``trainer.tol.*``, early stopping) are no reason: they act
     in the job's replayed fit, which then ends where its own run would end."""
     trainer = task_config.get("trainer", {})
+    precision = str(trainer.get("precision", "32"))
+    if precision != "32":
+        # The batched fit mirrors the default step in trainer.dtype, without autocast or a scaler.
+        return f"trainer.precision={precision} (the batched fit computes in trainer.dtype, without autocast)"
+    if trainer.get("strategy") == "ddp":
+        return "trainer.strategy=ddp (each job trains over its own processes)"
     if trainer.get("max_time") is not None:
         return "trainer.max_time is set (a stop on the clock cannot be replayed)"
     for name in ("resume", "init_from"):
@@ -161,10 +167,10 @@ def group_key(task_config: dict[str, Any]) -> str:
 
 
 def task_part(config: DictConfig) -> dict[str, Any]:
-    """The job's own config (Hydra's node left out), resolved."""
-    task = OmegaConf.to_container(config, resolve=False)
-    task.pop("hydra", None)
-    return OmegaConf.to_container(OmegaConf.create(task), resolve=True)
+    """The job's own config (Hydra's node left out), resolved: each of its top-level values in
+    place (a tenth of the time of a resolved copy of the whole config: Hydra's node is most of it)."""
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            for key, value in config.items() if key != "hydra"}
 
 
 def same_run_shape(a: LoopState, b: LoopState) -> bool:
@@ -224,7 +230,10 @@ def build_job(config: DictConfig) -> LoopState:
 
 def task_part_unresolved(config: DictConfig) -> DictConfig:
     """The job's config as its task function receives it (as Hydra's run_job makes it)."""
-    task = copy.deepcopy(config)
+    # Hydra's node is most of the config: the copy takes an empty node in its place (deepcopy's
+    # memo: what an object's copy is), which it then drops (7.4 against 2 ms a job).
+    hydra = config._get_node("hydra") if "hydra" in config else None
+    task = copy.deepcopy(config, memo={} if hydra is None else {id(hydra): OmegaConf.create({})})
     with read_write(task), open_dict(task):
         if "hydra" in task:
             del task["hydra"]
@@ -382,30 +391,35 @@ def replay_step(state: LoopState, trajectory: Trajectory):
                             "run it with the basic launcher (hydra/launcher=basic)")
     optimized = [p for group in run.optimizer.param_groups for p in group["params"]]
     if is_flattened(state):
-        targets = [(optimized[0], 0, optimized[0].numel())]
+        spans = [(optimized[0], 0, optimized[0].numel())]
     else:
-        targets, offset = [], 0
+        spans, offset = [], 0
         for param in run.trainable.values():
-            targets.append((param, offset, offset + param.numel()))
+            spans.append((param, offset, offset + param.numel()))
             offset += param.numel()
     record, job, last = trajectory.record, trajectory.job, trajectory.steps - 1
     losses = trajectory.losses
     params, grads = record.params[:, job], record.grads[:, job]
     grad_norms = None if record.grad_norms is None else record.grad_norms[:, job]
+    # Per parameter, views made once: its values (``.data``: copied into without autograd, so
+    # without a no_grad block a step) and every step's row of the record in its shape; a step
+    # is then two copies a parameter (≈ 1000 steps a job).
+    steps_recorded = params.shape[0]
+    targets = [(param, param.data, params[:, start:stop].view(steps_recorded, *param.shape),
+                grads[:, start:stop].view(steps_recorded, *param.shape)) for param, start, stop in spans]
 
     def step(features, targets_):
         index = progress.step
         if index > last:
             raise TrainingError(f"the vectorized launcher recorded {trajectory.steps} steps of this job, "
                                 f"and its fit asked for step {index + 1}")
-        row, grad_row = params[index], grads[index]
-        with torch.no_grad():
-            for param, start, stop in targets:
-                param.copy_(row[start:stop].view_as(param))
-                if param.grad is None:
-                    param.grad = grad_row[start:stop].view_as(param).clone()
-                else:
-                    param.grad.copy_(grad_row[start:stop].view_as(param))
+        for param, values, value_rows, grad_rows in targets:
+            values.copy_(value_rows[index])
+            grad = param.grad
+            if grad is None:
+                param.grad = grad_rows[index].clone()
+            else:
+                grad.copy_(grad_rows[index])
         if grad_norms is not None:
             progress.grad_norm = grad_norms[index]
         return losses[index]

@@ -107,3 +107,18 @@ def test_stops_clipping_and_checkpoints_act_per_job_as_with_the_basic_launcher(s
             for part in ("model", "optimizer", "progress", "plugins"):
                 assert_identical(left[part], right[part], f"{job} {name} {part}")
     assert compared > len(basic.job_dirs())  # periodic checkpoints too, not only each job's last
+
+
+# bf16 autocast: the batched fit mirrors the default step in trainer.dtype only, so these jobs
+# run one by one, as the basic launcher runs them.
+BF16 = ("+task=polyfit", "trainer.precision=bf16", "trainer.max_steps=30", "optimizer.lr=0.01,0.02")
+
+
+def test_jobs_with_another_precision_run_alone_and_say_why(tmp_path_factory):
+    vectorized = launch_sweep(tmp_path_factory.mktemp("vectorized_bf16"), "hydra/launcher=vectorized", *BF16)
+    basic = launch_sweep(tmp_path_factory.mktemp("basic_bf16"), *BF16)
+    assert vectorized.returncode == basic.returncode == 0, vectorized.describe()
+    assert "as one batch" not in vectorized.output, vectorized.describe()
+    assert vectorized.output.count("runs alone: trainer.precision=bf16") == 2, vectorized.describe()
+    for job, basic_dir in basic.job_dirs().items():
+        assert result_without_time(vectorized.job_dirs()[job]) == result_without_time(basic_dir), job

@@ -172,6 +172,11 @@ def test_settings_that_need_a_jobs_own_loop_say_why(compose_config):
     assert why("callback=[early_stopping]", "data.val_fraction=0.2") is None
     assert "max_time" in why("trainer.max_time=10")
     assert "scheduler" in why("scheduler=cosine")
+    # the batched fit mirrors the default step in trainer.dtype: no autocast, no scaler, one process
+    assert why("trainer.precision=32", "trainer.strategy=single") is None
+    assert "trainer.precision=bf16" in why("trainer.precision=bf16")
+    assert "trainer.precision=16-mixed" in why("trainer.precision=16-mixed")
+    assert "trainer.strategy=ddp" in why("trainer.strategy=ddp")
 
 
 def test_plan_batches_compatible_jobs_and_says_why_the_others_run_alone(shared, compose_config):

@@ -54,6 +54,36 @@ def test_loss_curve_uses_a_log_axis_only_when_the_loss_spans_decades():
     assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
 
 
+def test_a_figure_drawn_on_the_threads_cleared_figure_has_the_pixels_of_one_drawn_on_a_new_figure():
+    import threading
+
+    import numpy
+
+    from framework_plugins._figures import FitPoints, draw_fit, loss_figure
+
+    x = numpy.linspace(-5.0, 5.0, 20)
+    drawings = [  # every kind, after one another: a log axis, a legend, bars with their own ticks
+        lambda: loss_figure(list(range(1, 101)), [1000.0 / step**2 for step in range(1, 101)], "decades"),
+        lambda: draw_fit(FitPoints("fit/curve", x=x, y=x**2, curve_x=x, curve_y=2 * x + 1), "curve"),
+        lambda: draw_fit(FitPoints("fit/residuals", x=numpy.arange(1, 6), y=numpy.array([1.0, -2, 3, 0, 5])), "rows"),
+        lambda: loss_figure([1, 10, 20], [3.0, 2.5, 2.0], "flat"),
+        lambda: draw_fit(FitPoints("fit/curve", x=x, y=-x, curve_x=x, curve_y=-x), "another curve"),
+    ]
+
+    def in_a_new_thread(draw):  # a thread's first drawing is on a new figure
+        image = []
+        thread = threading.Thread(target=lambda: image.append(draw()))
+        thread.start()
+        thread.join()
+        return image[0]
+
+    on_new_figures = [in_a_new_thread(draw) for draw in drawings]
+    on_one_figure = in_a_new_thread(lambda: [draw() for draw in drawings])
+    for index, (new, reused) in enumerate(zip(on_new_figures, on_one_figure)):
+        assert numpy.array_equal(new, reused), index
+    assert not numpy.array_equal(on_one_figure[0], on_one_figure[3])
+
+
 def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file(tmp_path):
     import time
 

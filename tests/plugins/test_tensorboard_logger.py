@@ -97,6 +97,36 @@ def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file
     assert int(time.time()) > now
 
 
+@pytest.mark.parametrize("kind", ["loss", "curve", "residuals"])
+def test_a_title_at_the_fixed_height_is_where_matplotlib_would_place_it(kind):
+    """Titles are placed at TITLE_Y without matplotlib's measuring of the tick labels: the
+    figures' pixels are those of the automatic placement."""
+    import numpy
+    from matplotlib.axes import Axes
+
+    from framework_plugins._figures import FitPoints, draw_fit, loss_figure
+
+    x = numpy.linspace(-5.0, 5.0, 20)
+    draw = {
+        "loss": lambda: loss_figure(list(range(1, 101)), [1000.0 / step**2 for step in range(1, 101)], "decades"),
+        "curve": lambda: draw_fit(FitPoints("fit/curve", x=x, y=x**2, curve_x=x, curve_y=2 * x + 1), "curve"),
+        "residuals": lambda: draw_fit(FitPoints("fit/residuals", x=numpy.arange(1, 6),
+                                                y=numpy.array([1.0, -2, 3, 0, 5])), "rows"),
+    }[kind]
+    fixed = draw()
+    own_set_title = Axes.set_title
+
+    def placed_automatically(self, label, *args, y=None, **kwargs):
+        return own_set_title(self, label, *args, **kwargs)
+
+    Axes.set_title = placed_automatically
+    try:
+        automatic = draw()
+    finally:
+        Axes.set_title = own_set_title
+    assert numpy.array_equal(fixed, automatic)
+
+
 def test_the_figure_writer_writes_the_figures_torch_would_write_into_the_run_folder(train, tmp_path):
     """The final figures come from the figure writer process; they are the images the training
     process would have drawn and written with SummaryWriter.add_image, drawn here from the

@@ -278,3 +278,16 @@ def test_a_full_batch_of_twins_is_composed_once_each(sweep):
     assert state.composed == {"full": 1, "twin": 7, "kept": 8}
     for overrides, config in zip(batch, launched):
         assert_same_config(config, HYDRA_LOAD(loader, master, overrides))
+
+
+def test_a_twins_copy_takes_the_masters_cache_as_it_is_now(sweep):
+    """Hydra copies the master's resolver cache into each job as it composes it; a value the
+    master resolved since the twin was composed is in the job's cache too."""
+    loader, master = sweep(["+task=polyfit"])
+    with sweep_configs.installed() as state:
+        loader.load_sweep_config(master, ["+task=polyfit", "optimizer.lr=0.1"])
+        master._metadata.resolver_cache["now"]["%Y"] = "resolved after the twin"
+        ours = loader.load_sweep_config(master, ["+task=polyfit", "optimizer.lr=0.2"])
+    assert state.composed["twin"] == 1
+    assert ours._metadata.resolver_cache["now"]["%Y"] == "resolved after the twin"
+    assert_same_config(ours, HYDRA_LOAD(loader, master, ["+task=polyfit", "optimizer.lr=0.2"]))

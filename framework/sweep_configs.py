@@ -45,6 +45,10 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+# The configs kept from a check at once (about 150 KB each): past it, a job composed from a twin
+# is composed again from it at launch (a deep copy, milliseconds) rather than held; a full
+# composition is always kept.
+MAX_KEPT = 256
 # The twins kept at once: one per combination of config groups (and of other non-value overrides)
 # that a sweep uses; past it, the least recently used is composed again when it comes back.
 MAX_TWINS = 32
@@ -84,19 +88,20 @@ class SweepConfigs:
                 # is now (Hydra's launchers resolve hydra.sweep.dir after the check).
                 OmegaConf.copy_cache(from_config=master, to_config=config)
                 return config
-        config = self.compose(loader, hydra_load, master, overrides)
-        if self.checking:
+        config, from_a_twin = self.compose(loader, hydra_load, master, overrides)
+        if self.checking and (not from_a_twin or sum(map(len, self.kept.values())) < MAX_KEPT):
             self.kept.setdefault(key, deque()).append((config, master))
         return config
 
-    def compose(self, loader, hydra_load, master: DictConfig, overrides: list[str]) -> DictConfig:
+    def compose(self, loader, hydra_load, master: DictConfig, overrides: list[str]) -> tuple[DictConfig, bool]:
+        """The job's config, and whether it came from a twin."""
         parsed = parsed_overrides(overrides)
         slots = None if parsed is None else override_slots(loader, master, parsed)
         twin = None if slots is None else self.twins.get(slots)
         if twin is not None and twin.loader is loader and twin.master is master:
             self.twins.move_to_end(slots)
             self.composed["twin"] += 1
-            return from_twin(twin, master, parsed)
+            return from_twin(twin, master, parsed), True
         config = hydra_load(loader, master, overrides)
         self.composed["full"] += 1
         if slots is not None:
@@ -104,7 +109,7 @@ class SweepConfigs:
             self.twins.move_to_end(slots)
             while len(self.twins) > MAX_TWINS:
                 self.twins.popitem(last=False)
-        return config
+        return config, False
 
 
 ACTIVE: SweepConfigs | None = None

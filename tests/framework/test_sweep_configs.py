@@ -291,3 +291,18 @@ def test_a_twins_copy_takes_the_masters_cache_as_it_is_now(sweep):
     assert state.composed["twin"] == 1
     assert ours._metadata.resolver_cache["now"]["%Y"] == "resolved after the twin"
     assert_same_config(ours, HYDRA_LOAD(loader, master, ["+task=polyfit", "optimizer.lr=0.2"]))
+
+
+def test_past_the_cap_the_launcher_composes_from_the_twin(sweep, monkeypatch):
+    """A check of a large batch keeps at most MAX_KEPT configs (memory); the launcher composes the
+    others from their twin, as exactly."""
+    monkeypatch.setattr(sweep_configs, "MAX_KEPT", 3)
+    loader, master = sweep(["+task=polyfit"])
+    batch = [["+task=polyfit", f"optimizer.lr={0.01 * (index + 1)}"] for index in range(8)]
+    with sweep_configs.installed() as state:
+        checking_sweeper(loader, master).validate_batch_is_legal(batch)
+        assert sum(map(len, state.kept.values())) == 3
+        launched = [loader.load_sweep_config(master, overrides) for overrides in batch]
+    assert state.composed == {"full": 1, "twin": 7 + 5, "kept": 3}
+    for overrides, config in zip(batch, launched):
+        assert_same_config(config, HYDRA_LOAD(loader, master, overrides))

@@ -112,9 +112,6 @@ class SweepConfigs:
         return config, False
 
 
-ACTIVE: SweepConfigs | None = None
-
-
 @contextlib.contextmanager
 def installed() -> Iterator[SweepConfigs]:
     """For the length of the block, every ``load_sweep_config`` and sweeper check in this process
@@ -122,7 +119,6 @@ def installed() -> Iterator[SweepConfigs]:
 
     Hydra gives the CLI no handle on its config loader or its sweeper (``hydra.main`` makes both),
     so the two methods are replaced on their classes, and put back on leaving."""
-    global ACTIVE
     hydra_load = ConfigLoaderImpl.load_sweep_config
     hydra_check = Sweeper.validate_batch_is_legal
     state = SweepConfigs()
@@ -140,13 +136,11 @@ def installed() -> Iterator[SweepConfigs]:
 
     ConfigLoaderImpl.load_sweep_config = load_sweep_config
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
-    previous, ACTIVE = ACTIVE, state
     try:
         yield state
     finally:
         ConfigLoaderImpl.load_sweep_config = hydra_load
         Sweeper.validate_batch_is_legal = hydra_check
-        ACTIVE = previous
 
 
 # ---------------------------------------------------------------------------------- twins

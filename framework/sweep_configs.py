@@ -85,7 +85,7 @@ class SweepConfigs:
             if kept_master is master:
                 self.composed["kept"] += 1
                 # As the launcher's own composition would: the master's resolver cache as it
-                # is now (Hydra's launchers resolve hydra.sweep.dir after the check).
+                # is now, with what the master resolved since the check.
                 OmegaConf.copy_cache(from_config=master, to_config=config)
                 return config
         config, from_a_twin = self.compose(loader, hydra_load, master, overrides)

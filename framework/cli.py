@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from framework import distributed, schema_cache
+from framework import distributed, schema_cache, sweep_configs
 from framework.cluster import job_lost, start_task, wait_for_local_jobs
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
@@ -122,7 +122,8 @@ def run_command_line() -> None:
 
         app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train)
         try:
-            app()
+            with sweep_configs.installed():  # a sweep composes each job's config once, cheaply
+                app()
         except BaseException as error:
             cut_short(error)
         if failed_run:

@@ -72,43 +72,6 @@ def share_components(manager, registry) -> None:
     register()
 
 
-class SweepConfigs:
-    """Hydra's ``load_sweep_config``, each job's config kept until the launcher takes it.
-
-    Hydra's sweepers compose every job's config to check the batch before they launch it
-    (``Sweeper.validate_batch_is_legal``: "the launcher may be performing this in a different
-    process"), and a launcher composes it again; this one runs in the sweeper's process, so the
-    second composition (0.2 s a job for the framework's configs) is the first one's result: the
-    same call with the same arguments, whose result the check discarded."""
-
-    def __init__(self, load) -> None:
-        self.load = load
-        self.kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
-
-    def __call__(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = self.load(master_config, sweep_overrides)
-        self.kept[(id(master_config), tuple(sweep_overrides))] = config
-        return config
-
-    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        """The job's config: the kept one (forgotten then), or a new composition."""
-        kept = self.kept.pop((id(master_config), tuple(sweep_overrides)), None)
-        return kept if kept is not None else self.load(master_config, sweep_overrides)
-
-
-def reuse_sweep_configs(config_loader) -> None:
-    """Keep what the sweeper's checks compose, for :func:`launch` (see :class:`SweepConfigs`)."""
-    if not isinstance(config_loader.load_sweep_config, SweepConfigs):
-        config_loader.load_sweep_config = SweepConfigs(config_loader.load_sweep_config)
-
-
-def sweep_config(config_loader, master_config: DictConfig, overrides: list[str]) -> DictConfig:
-    loader = config_loader.load_sweep_config
-    if isinstance(loader, SweepConfigs):
-        return loader.take(master_config, overrides)
-    return loader(master_config, overrides)
-
-
 @dataclass
 class Job:
     index: int
@@ -441,7 +404,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     jobs = []
     for offset, overrides in enumerate(job_overrides):
         index = initial_job_idx + offset
-        job_config = sweep_config(context.config_loader, config, list(overrides))
+        job_config = context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(job_config):
             job_config.hydra.job.id = index
             job_config.hydra.job.num = index
@@ -476,7 +439,5 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     finally:
         if batches:
             SHARED.manager.unregister(replay)
-        if isinstance(context.config_loader.load_sweep_config, SweepConfigs):
-            context.config_loader.load_sweep_config.kept.clear()  # checked, never launched
     return runs
 

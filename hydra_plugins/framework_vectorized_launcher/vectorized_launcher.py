@@ -49,12 +49,11 @@ class VectorizedLauncher(Launcher):
         self.hydra_context: Optional[HydraContext] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from framework.vectorized import reuse_sweep_configs
-
+        # Each job's config comes from load_sweep_config, which the framework's CLI makes cheap
+        # for every launcher (framework/sweep_configs.py).
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
-        reuse_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from framework.vectorized import launch

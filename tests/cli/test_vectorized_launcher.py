@@ -19,11 +19,16 @@ SWEEP = ("+task=polyfit", "optimizer=sgd", "optimizer.momentum=0.5", "optimizer.
          "trainer.max_steps=300")
 
 
+def basic_and_vectorized(tmp_path_factory, name: str, sweep: tuple[str, ...]):
+    """The same sweep through the basic launcher, then the vectorized one."""
+    basic = launch_sweep(tmp_path_factory.mktemp(f"basic_{name}"), *sweep)
+    vectorized = launch_sweep(tmp_path_factory.mktemp(f"vectorized_{name}"), "hydra/launcher=vectorized", *sweep)
+    return basic, vectorized
+
+
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
-    basic = launch_sweep(tmp_path_factory.mktemp("basic"), *SWEEP)
-    vectorized = launch_sweep(tmp_path_factory.mktemp("vectorized"), "hydra/launcher=vectorized", *SWEEP)
-    return basic, vectorized
+    return basic_and_vectorized(tmp_path_factory, "lr", SWEEP)
 
 
 def test_the_jobs_train_as_one_batch_and_the_sweep_ends_as_with_the_basic_launcher(sweeps):
@@ -79,9 +84,7 @@ STOPS = ("+task=polyfit", "trainer.grad_clip=50", "trainer.tol.loss=1", "trainer
 
 @pytest.fixture(scope="module")
 def stop_sweeps(tmp_path_factory):
-    basic = launch_sweep(tmp_path_factory.mktemp("basic_stops"), *STOPS)
-    vectorized = launch_sweep(tmp_path_factory.mktemp("vectorized_stops"), "hydra/launcher=vectorized", *STOPS)
-    return basic, vectorized
+    return basic_and_vectorized(tmp_path_factory, "stops", STOPS)
 
 
 def test_stops_clipping_and_checkpoints_act_per_job_as_with_the_basic_launcher(stop_sweeps):

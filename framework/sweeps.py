@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
+from framework.quick_answers import HELP_FLAGS
 from framework.signals import on_stop_signals, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -60,7 +61,7 @@ def help_without_sweeps(args: list[str]) -> list[str]:
     """``-m ... 'optimizer.lr=0.1,0.01' --help``: the help of the swept config. Hydra composes
     the help's config as one run's, where a sweep's values are an error ("Ambiguous value"), so
     the swept overrides are left out: the options and defaults the help lists are the same."""
-    if not any(arg in ("--help", "-h") for arg in args) or not any(arg in MULTIRUN_FLAGS for arg in args):
+    if not any(arg in HELP_FLAGS for arg in args) or not any(arg in MULTIRUN_FLAGS for arg in args):
         return args
     parser = OverridesParser.create()
     kept = []
@@ -75,20 +76,17 @@ def help_without_sweeps(args: list[str]) -> list[str]:
     return kept
 
 
-# Hydra's command-line options that take a value (hydra/_internal/utils.py get_args_parser);
-# --info's value is optional, and one of these words.
-OPTIONS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                      "--config-dir", "-cd", "--experimental-rerun")
-INFO_OPTIONS = ("--info", "-i")
-INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
-
-
 def last_override_index(args: list[str]) -> int:
-    """Where the last override is in ``args`` (-1: none): an argument that is neither an
-    option nor an option's value."""
+    """Where the last override is in ``args`` (-1: none): an argument that is neither an option
+    nor an option's value, as Hydra's own argument parser defines its options."""
+    from hydra._internal.utils import get_args_parser
+
+    options = {option: action for action in get_args_parser()._actions for option in action.option_strings}
     last, previous = -1, None
     for index, arg in enumerate(args):
-        is_value = previous in OPTIONS_WITH_VALUE or (previous in INFO_OPTIONS and arg in INFO_VALUES)
+        action = options.get(previous)
+        # An option with nargs None takes the next argument; one with "?" (--info) only a choice.
+        is_value = action is not None and (action.nargs is None or (action.nargs == "?" and arg in action.choices))
         if not arg.startswith("-") and not is_value:
             last = index
         previous = arg

@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import distributed, schema_cache, sweep_configs
-from framework.cluster import job_lost, start_task, wait_for_local_jobs
+from framework.cluster import job_lost, requeue_job, resume_if_requeued, start_task, wait_for_local_jobs, warned
 from framework.console import stop_writing_to
 from framework.error_messages import FULL_ERROR_ENV, describe_error
 from framework.errors import user_message
@@ -91,6 +91,7 @@ def run_command_line() -> None:
             # A task of a submitit job (hydra/launcher=submitit_*): torchrun's variables for its
             # ranks, its threads, rank 0 alone on the log file; nothing outside such a job.
             start_task(cfg.trainer, hydra_config.launcher)
+            resume_if_requeued(cfg)  # a job requeued after the scheduler's warning goes on where it stopped
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)
@@ -103,6 +104,10 @@ def run_command_line() -> None:
             except KeyboardInterrupt as interrupt:  # Interrupted: a fit that stopped and saved
                 if not multirun:
                     raise
+                if warned():  # the scheduler's warning to this job alone: requeued (this process
+                    # exits), or, where submitit does not requeue it, the job ends interrupted
+                    requeue_job(Path(hydra_config.runtime.output_dir))
+                    return math.inf
                 # The job saved what it had, or, stopped before its fit, wrote that it was
                 # interrupted; the sweep ends once the other running jobs have (a parallel
                 # launcher would break its pool if the interrupt reached it).

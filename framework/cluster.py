@@ -16,8 +16,13 @@ config). Here, before the fit:
   log to their own submitit log (``<sweep>/.submitit/<job id>/<job id>_<rank>_log.out``).
 - The scheduler's warning before a job's time limit or preemption (submitit asks SLURM for
   SIGUSR2, ``signal_delay_s`` ahead) stops the fit as SIGTERM does: a checkpoint, result.json
-  with status ``interrupted``. submitit's own handler would raise in the middle of a step, and
-  its requeue would start the job again from step 0 in the same folder.
+  with status ``interrupted``. Then submitit's own handler requeues the job (Hydra's launcher
+  resubmits the same job; ``scontrol requeue`` on SLURM, a restart by its controller under
+  submitit_local), and the job, started again in the same folder, resumes from that checkpoint
+  (:func:`resume_if_requeued`): it ends as the uninterrupted job would have. submitit's handler
+  alone would stop the job in the middle of a step, and the requeued job would start again from
+  step 0. A job submitit does not requeue (requeued too often) stays interrupted, and only that
+  job: a warning is the scheduler's word on one job, not the user's on the sweep.
 - The TensorBoard logger's figure writer is waited for when the task exits (the scheduler ends
   a job's leftover processes: plugins/_figure_writer.py).
 - ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
@@ -41,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from framework.errors import TrainingError
 
@@ -53,6 +58,9 @@ log = logging.getLogger("framework")
 # submitit sets it in every job it starts (to "local" or "slurm"); its JobEnvironment reads the
 # scheduler's own variables, which a job started without submitit (srun python ...) also has.
 SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
+# Left in the job's submitit folder (<sweep>/.submitit/<job id>/) by a task that has the job
+# requeued, with the run folder to resume in it; the requeued job's tasks read it.
+REQUEUED_MARK = "{job_id}_requeued_run"
 
 
 @dataclass(frozen=True)
@@ -81,9 +89,29 @@ def cluster_task() -> ClusterTask | None:
     return ClusterTask(rank=job.global_rank, tasks=job.num_tasks, warning_signal=job._usr_sig())
 
 
+@dataclass
+class SchedulersWarning:
+    """Whether this task got the scheduler's warning, and submitit's own handler of it (which
+    checkpoints the job's submission and requeues it)."""
+
+    signum: int = 0
+    received: bool = False
+    requeue: Callable[[int, Any], None] | None = None
+
+
+_warning = SchedulersWarning()
+
+
 def stop_as_on_sigterm(signum: int, frame) -> None:
-    """The scheduler's warning: a fit under way stops as on SIGTERM (framework.signals)."""
+    """The scheduler's warning: a fit under way stops as on SIGTERM (framework.signals), and the
+    job is requeued once it has saved (:func:`requeue_job`)."""
+    _warning.received = True
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def warned() -> bool:
+    """Whether the scheduler's warning stopped this task's fit."""
+    return _warning.received
 
 
 def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
@@ -92,7 +120,9 @@ def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
     task = cluster_task()
     if task is None:
         return None
-    signal.signal(task.warning_signal, stop_as_on_sigterm)
+    submitits = signal.signal(task.warning_signal, stop_as_on_sigterm)
+    _warning.signum, _warning.received = task.warning_signal, False
+    _warning.requeue = submitits if callable(submitits) else None
     threads = launcher.get("cpus_per_task")
     if threads:
         import torch
@@ -106,6 +136,55 @@ def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
             log.warning("this job runs %d processes (hydra.launcher.tasks_per_node x nodes); they train one "
                         "model together only with trainer.strategy=ddp or auto", task.tasks)
     return task
+
+
+def requeue_job(run_dir: Path | None) -> None:
+    """Once a fit stopped on the scheduler's warning has saved its checkpoint into ``run_dir``:
+    have submitit requeue the job, which ends this process (SystemExit). Returns where the job
+    is not requeued: submitit says why (it was requeued too often), and the job ends
+    interrupted. On a task other than the first, submitit leaves the requeue to the first task
+    (the requeue ends the job's every task)."""
+    if _warning.requeue is None:
+        log.warning("the scheduler's warning stopped the job, and nothing here can requeue it: it ends interrupted")
+        return
+    import submitit
+    from submitit.core.utils import UncompletedJobError
+
+    job = submitit.JobEnvironment()
+    if job.global_rank == 0 and run_dir is not None:
+        from framework.outputs import atomic_write
+
+        mark = job.paths.folder / REQUEUED_MARK.format(job_id=job.job_id)
+        atomic_write(mark, lambda handle: handle.write(str(run_dir).encode()))
+        log.info("requeueing the job: it resumes from its checkpoint in %s", run_dir)
+    try:
+        _warning.requeue(_warning.signum, None)
+    except UncompletedJobError as error:
+        log.warning("the job ends interrupted: submitit does not requeue it (%s)", error)
+
+
+def resume_if_requeued(cfg: DictConfig) -> None:
+    """In a job that :func:`requeue_job` requeued: set ``trainer.resume`` to the run folder its
+    first run saved into, so that the fit goes on from the last checkpoint in that folder."""
+    if not in_submitit_job():
+        return
+    import submitit
+
+    job = submitit.JobEnvironment()
+    try:
+        run_dir = (job.paths.folder / REQUEUED_MARK.format(job_id=job.job_id)).read_text()
+    except OSError:
+        return  # the job's first run
+    from framework.checkpoints import latest_checkpoint
+
+    if latest_checkpoint(Path(run_dir)) is None:  # stopped before its fit saved anything
+        log.info("this job was requeued before its run saved a checkpoint: it starts again in %s", run_dir)
+        return
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.trainer.resume = run_dir
+    log.info("this job was requeued: resuming the run in %s", run_dir)
 
 
 def export_torchrun_env() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -214,34 +215,58 @@ def ended_sweep(process: subprocess.Popen, sweep_dir: Path, timeout: float) -> S
     return Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
 
 
-def test_the_schedulers_warning_and_sigterm_stop_the_running_jobs_cleanly(tmp_path):
-    """The scheduler's warning before a time limit (USR2, to a job's task) stops that job as
-    SIGTERM does; then SIGTERM to the sweep's process (what `kill` sends) reaches the other job's
-    task through submitit's controller. Each saves a checkpoint and an interrupted result.json,
-    the summary lists them, and the sweep exits 143."""
+REQUEUED_STEPS = 100_000  # a second or more of training: the warning reaches it under way
+REQUEUED_LR = 1e-5  # far from converged after REQUEUED_STEPS: the parameters show every step
+
+
+def test_the_schedulers_warning_requeues_the_job_which_resumes_and_sigterm_stops_the_sweep(tmp_path):
+    """The scheduler's warning before a time limit (USR2, to a job's task, as submitit's
+    controller sends it) stops that job as SIGTERM does, with a checkpoint; submitit requeues it,
+    and the requeued job resumes from that checkpoint in its folder and ends as the plain loop's
+    uninterrupted run, bit for bit. Then SIGTERM to the sweep's process (what `kill` sends)
+    reaches the other job's task through submitit's controller: it saves a checkpoint and an
+    interrupted result.json, the summary lists both jobs, and the sweep exits 143."""
     sweep_dir = tmp_path / "sweep"
-    jobs = [sweep_dir / f"trainer.seed={seed}" for seed in (1, 2)]
-    with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", "trainer.seed=1,2", "trainer.max_steps=1000000000",
-                                "trainer.checkpoint_every=1000") as process:
+    warned = sweep_dir / f"trainer.max_steps={REQUEUED_STEPS}"
+    endless = sweep_dir / "trainer.max_steps=1000000000"
+    with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", f"optimizer.lr={REQUEUED_LR}",
+                                f"trainer.max_steps={REQUEUED_STEPS},1000000000") as process:
         deadline = time.monotonic() + 240
-        wait_until_training(process, jobs, deadline)
-        tasks = task_processes(sweep_dir)
-        assert len(tasks) == 2, tasks
-        os.kill(tasks[0], signal.SIGUSR2)
-        while not any((job / "result.json").exists() for job in jobs):
-            assert process.poll() is None and time.monotonic() < deadline, "USR2 did not stop a job"
+        wait_until_training(process, [warned, endless], deadline)
+        (warned_task,) = [pid for pid in task_processes(sweep_dir)
+                          if f"for {REQUEUED_STEPS} steps" in task_log(sweep_dir, pid)]
+        os.kill(warned_task, signal.SIGUSR2)
+        while not (warned / "result.json").exists() or sweep_result(warned)["status"] != "completed":
+            assert process.poll() is None and time.monotonic() < deadline, "the warned job did not end"
             time.sleep(0.2)
-        warned = [job.name for job in jobs if (job / "result.json").exists()]
+        endless_was_running = not (endless / "result.json").exists()
         process.send_signal(signal.SIGTERM)
         sweep = ended_sweep(process, sweep_dir, timeout=120)
-    assert len(warned) == 1, sweep.describe()  # the other job went on training until SIGTERM
+    assert endless_was_running, sweep.describe()
     assert sweep.returncode == 128 + signal.SIGTERM, sweep.describe()
-    for job in jobs:
-        result = sweep.result(job.name)
-        assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), (job.name, result)
-        saved = sorted((job / "checkpoints").glob("step_*.pt"))
-        assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", (job.name, saved)
-    assert [row["status"] for row in sweep.summary_rows()] == ["interrupted", "interrupted"]
+
+    log = (warned / "framework.log").read_text()
+    stopped_at = re.search(r"resumed from \S+step_(\d+)\.pt at step (\d+)", log)
+    assert stopped_at and 0 < int(stopped_at[2]) < REQUEUED_STEPS, log[-3000:]
+    assert int(stopped_at[1]) == int(stopped_at[2])
+    assert "this job was requeued" in log and "requeueing the job" in log, log[-3000:]
+    result = sweep.result(warned.name)
+    params, _ = plain_linear(REQUEUED_LR, REQUEUED_STEPS)
+    assert (result["status"], result["steps"], result["params"]) == ("completed", REQUEUED_STEPS, params), result
+
+    result = sweep.result(endless.name)
+    assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), result
+    saved = sorted((endless / "checkpoints").glob("step_*.pt"))
+    assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
+    rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
+    assert rows == {warned.name: "completed", endless.name: "interrupted"}, rows
+
+
+def sweep_result(job: Path) -> dict:
+    try:
+        return json.loads((job / "result.json").read_text())
+    except (OSError, ValueError):  # being replaced
+        return {"status": None}
 
 
 def test_a_killed_job_is_reported_once_the_other_jobs_have_ended(tmp_path):

@@ -18,6 +18,36 @@ from framework.schema import store_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The test files that take a worker longest (seconds of one worker in a full run on 2 cores,
+# 2026-11-23), longest first. ``--dist loadfile --no-loadscope-reorder`` (pyproject.toml) hands
+# each file whole to one worker, in collection order (without the second flag, xdist would
+# order the files by their number of tests), so these start first: the run does not end with
+# one worker still on a long file while the other idles. A file missing here only starts later;
+# it runs all the same.
+LONGEST_FILES = (
+    "tests/cli/test_interrupts.py",  # 245 s
+    "tests/cli/test_quick_answers.py",  # 190 s
+    "tests/docs/test_readme_commands.py",  # 185 s, two commands at a time
+    "tests/cli/test_submitit.py",  # 110 s
+    "tests/bench/test_bench_run.py",  # 110 s
+    "tests/cli/test_distributed.py",  # 95 s
+    "tests/cli/test_cli.py",  # 85 s
+    "tests/cli/test_sweeps.py",  # 60 s
+    "tests/cli/test_vectorized_launcher.py",  # 60 s
+    "tests/cli/test_sweep_configs.py",  # 55 s
+    "tests/framework/test_ranges.py",  # 55 s
+    "tests/cli/test_full_disk_and_pipes.py",  # 50 s
+    "tests/framework/test_batched_fit.py",  # 45 s
+    "tests/framework/test_sweep_configs.py",  # 45 s
+    "tests/cli/test_run_folders.py",  # 40 s
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first (LONGEST_FILES); the others after them, in their own order."""
+    rank = {name: place for place, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(Path(item.fspath).relative_to(REPO_ROOT).as_posix(), len(rank)))
+
 
 @pytest.fixture
 def manager():

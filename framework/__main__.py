@@ -13,38 +13,34 @@ import sys
 STARTUP_INTERRUPTED = "interrupted during start-up; nothing was run"
 
 
-def _stop_at_startup() -> None:
-    print(STARTUP_INTERRUPTED, file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # Not sys.exit: a Ctrl-C that lands in code an extension runs while it imports is marked
-    # unhandled inside CPython, which then ends the process by SIGINT (status -2) whatever
-    # sys.exit asked for. Nothing has started yet, so os._exit skips nothing.
+def _stop_at_startup(signum: int, frame) -> None:
+    """The SIGINT handler while torch and Hydra import: say so in one line and exit 130 from
+    the handler itself. Raising KeyboardInterrupt here instead would unwind through whatever
+    runs at that instant: an extension's C++ code that called back into Python (torch's pybind11
+    at import) cannot pass it on and aborts the process (SIGABRT), and CPython ends a process
+    whose import an interrupt cut short by SIGINT whatever sys.exit asked for. Nothing has
+    started yet, so os._exit skips nothing."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, RuntimeError):  # a closed pipe, or a write this signal interrupted
+        pass
+    os.write(sys.stderr.fileno(), f"{STARTUP_INTERRUPTED}\n".encode())
     os._exit(128 + signal.SIGINT)
 
 
 def main() -> None:
-    received = []
-
-    def on_sigint(signum, frame):
-        received.append(signum)  # kept even if a library's bare except swallows the raise
-        raise KeyboardInterrupt
-
     ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not when ignored
     if ours:
-        signal.signal(signal.SIGINT, on_sigint)
+        signal.signal(signal.SIGINT, _stop_at_startup)
     try:
         from framework.quick_answers import answer_without_training
 
         answered = answer_without_training(sys.argv[1:])
         if answered is None:
             from framework.cli import main as cli_main
-    except KeyboardInterrupt:
-        _stop_at_startup()
     finally:
         if ours:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        _stop_at_startup()
     if answered is not None:
         sys.exit(answered)
     code: object = None  # what the command line exits with, when it ends by itself
@@ -60,19 +56,28 @@ def main() -> None:
         # parallel launcher's pool joins its workers then) would only print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if ended:
-            _end_ddp_process(code)
+            _end_without_teardown(code)
 
 
-def _end_ddp_process(code: object) -> None:
-    """A DDP rank (torchrun) ends without the interpreter's teardown: torch leaves its process
-    group's threads running, and they can abort the process there (framework/process_exit.py).
+# The exit statuses of a run stopped by SIGINT or SIGTERM (framework/signals.py).
+INTERRUPTED_STATUSES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def _end_without_teardown(code: object) -> None:
+    """Two kinds of process end without the interpreter's teardown (framework/process_exit.py):
+    - a DDP rank (torchrun): torch leaves its process group's threads running, and they can
+      abort the process there;
+    - a run that a signal stopped: where the interrupt landed in Python code that C code ran
+      as a string (PyRun_String, as extensions do while they import), CPython marks it
+      unhandled, and its teardown ends the process by SIGINT (status -2) instead of the 130 or
+      143 the run exits with.
     Any other process, and one ending by an unexpected error (whose traceback Python prints),
     ends as usual."""
     from framework.distributed import left_a_group
+    from framework.process_exit import end_process, exit_status
 
-    if left_a_group():
-        from framework.process_exit import end_process, exit_status
-
+    status = exit_status(code) if code is None or isinstance(code, int) else None
+    if left_a_group() or status in INTERRUPTED_STATUSES:
         end_process(exit_status(code))
 
 

@@ -34,7 +34,7 @@ from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
 from framework.run_folders import register_resolvers
 from framework.schema import null_group_overrides, store_configs
-from framework.signals import Interrupted, exit_code, raise_interrupted
+from framework.signals import Interrupted, exit_code, handled_signals, raise_interrupted
 from framework.sweeps import (
     SweepSummary,
     exclude_fixed_overrides,
@@ -67,8 +67,8 @@ def run_command_line() -> None:
     logging.raiseExceptions = False
     SweepSummary.failure = SweepSummary.interrupted = SweepSummary.sweep_dir = None
     try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-            signal.signal(signal.SIGTERM, raise_interrupted)  # a fit turns it into a clean stop
+        for signum in handled_signals():  # a fit turns them into a clean stop
+            signal.signal(signum, raise_interrupted)
         sys.argv = [sys.argv[0], *distributed.hydra_overrides(
             run_folder_overrides(exclude_fixed_overrides(help_without_sweeps(null_group_overrides(sys.argv[1:])))))]
         cache = schema_cache.current()  # its key is taken before the plugins are imported

@@ -39,8 +39,16 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return getattr(interrupt, "exit_code", 128 + signal.SIGINT)
 
 
+# The signals raise_interrupted raised that no fit has acted on yet. A library's bare ``except``
+# (or one that catches BaseException) around the code a signal lands in swallows the raise; the
+# next fit then stops at once instead of running as if nothing had been asked (stop_on_signals).
+RAISED_BEFORE_A_FIT: list[int] = []
+
+
 def raise_interrupted(signum: int, frame) -> None:
-    """The handler outside a fit: SIGTERM interrupts start-up as Ctrl-C does."""
+    """The handler outside a fit (set-up, between a sweep's jobs): SIGINT and SIGTERM interrupt
+    what runs, and are remembered in case that code swallows the interrupt."""
+    RAISED_BEFORE_A_FIT.append(signum)
     raise Interrupted(signum)
 
 
@@ -112,6 +120,9 @@ def stop_on_signals(stop: StopRequest):
             print(f"\n{name}: already stopping; the run is saving its results", file=sys.stderr, flush=True)
 
     previous = {signum: signal.signal(signum, request_stop) for signum in handled_signals()}
+    for signum in RAISED_BEFORE_A_FIT:  # interrupted during set-up, and the interrupt was lost
+        request_stop(signum, None)
+    RAISED_BEFORE_A_FIT.clear()
     try:
         yield
     finally:

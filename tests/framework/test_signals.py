@@ -1,0 +1,51 @@
+"""A Ctrl-C or SIGTERM during a run's set-up interrupts it even where a library's code swallows
+the KeyboardInterrupt it raised: the fit that follows stops at once, saved and resumable.
+tests/cli/test_interrupts.py sends real signals to real processes at moments of start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from framework import signals
+
+
+@pytest.fixture
+def set_up_handlers():
+    """SIGINT and SIGTERM as the command line sets them after start-up; restored after."""
+    previous = {signum: signal.signal(signum, signals.raise_interrupted) for signum in signals.STOP_SIGNALS}
+    signals.RAISED_BEFORE_A_FIT.clear()
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+    signals.RAISED_BEFORE_A_FIT.clear()
+
+
+def swallowed(signum: int) -> None:
+    """A signal delivered inside code that catches everything (``except BaseException: pass``)."""
+    try:
+        os.kill(os.getpid(), signum)
+        signal.sigtimedwait([], 0)  # nothing to wait for: the handler has run by the next bytecode
+    except BaseException:  # noqa: BLE001 - what such a library does
+        pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_swallowed_during_set_up_stops_the_fit_at_once(set_up_handlers, train, tmp_path, signum):
+    swallowed(signum)
+    assert signals.RAISED_BEFORE_A_FIT == [signum]
+    with pytest.raises(signals.Interrupted) as stopped:
+        train(["+task=linear", "trainer.max_steps=200", "logger=[]"], run_dir=tmp_path)
+    assert stopped.value.exit_code == 128 + signum
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["stop_reason"] == signal.Signals(signum).name, result
+    assert result["steps"] < 200 and (tmp_path / "checkpoints").is_dir()
+    assert signals.RAISED_BEFORE_A_FIT == []  # acted on once: the next fit runs
+
+
+def test_without_a_signal_the_fit_runs_to_its_end(set_up_handlers, train, tmp_path):
+    result = train(["+task=linear", "trainer.max_steps=20", "logger=[]"], run_dir=tmp_path)
+    assert result["status"] == "completed" and result["steps"] == 20

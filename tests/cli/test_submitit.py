@@ -215,7 +215,9 @@ def ended_sweep(process: subprocess.Popen, sweep_dir: Path, timeout: float) -> S
     return Sweep(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), sweep_dir)
 
 
-REQUEUED_STEPS = 100_000  # a second or more of training: the warning reaches it under way
+# Seconds of training: the warning, sent once the job has logged its first step, reaches it
+# under way (a few hundred steps in, here).
+REQUEUED_STEPS = 20_000
 REQUEUED_LR = 1e-5  # far from converged after REQUEUED_STEPS: the parameters show every step
 
 
@@ -232,13 +234,14 @@ def test_the_schedulers_warning_requeues_the_job_which_resumes_and_sigterm_stops
     with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", f"optimizer.lr={REQUEUED_LR}",
                                 f"trainer.max_steps={REQUEUED_STEPS},1000000000") as process:
         deadline = time.monotonic() + 240
-        wait_until_training(process, [warned, endless], deadline)
+        wait_until_training(process, [warned], deadline)
         (warned_task,) = [pid for pid in task_processes(sweep_dir)
                           if f"for {REQUEUED_STEPS} steps" in task_log(sweep_dir, pid)]
         os.kill(warned_task, signal.SIGUSR2)
         while not (warned / "result.json").exists() or sweep_result(warned)["status"] != "completed":
             assert process.poll() is None and time.monotonic() < deadline, "the warned job did not end"
             time.sleep(0.2)
+        wait_until_training(process, [endless], deadline)
         endless_was_running = not (endless / "result.json").exists()
         process.send_signal(signal.SIGTERM)
         sweep = ended_sweep(process, sweep_dir, timeout=120)

@@ -125,3 +125,21 @@ def test_jobs_with_another_precision_run_alone_and_say_why(tmp_path_factory):
     assert vectorized.output.count("runs alone: trainer.precision=bf16") == 2, vectorized.describe()
     for job, basic_dir in basic.job_dirs().items():
         assert result_without_time(vectorized.job_dirs()[job]) == result_without_time(basic_dir), job
+
+
+# Optuna hands the launcher n_jobs trials at a time and samples the next ones from the losses it
+# got back: the second four learning rates are the same only if the first four jobs returned the
+# same losses through both launchers.
+OPTUNA = ("hydra/sweeper=optuna", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=4", "hydra.sweeper.sampler.seed=3",
+          "+task=polyfit", "trainer.max_steps=50", "optimizer.lr=tag(log, interval(0.001, 0.3))")
+
+
+def test_under_optuna_each_batch_of_trials_trains_as_one_and_the_search_is_the_same(tmp_path_factory):
+    basic, vectorized = basic_and_vectorized(tmp_path_factory, "optuna", OPTUNA)
+    assert vectorized.returncode == basic.returncode == 0, vectorized.describe()
+    assert vectorized.output.count("Launching 4 jobs: 4 in 1 batch(es)") == 2, vectorized.describe()
+    assert sorted(vectorized.job_dirs()) == sorted(basic.job_dirs()) and len(basic.job_dirs()) == 8
+    for job, basic_dir in basic.job_dirs().items():
+        assert result_without_time(vectorized.job_dirs()[job]) == result_without_time(basic_dir), job
+    best = [yaml.safe_load((sweep.sweep_dir / "optimization_results.yaml").read_text()) for sweep in (basic, vectorized)]
+    assert best[0] == best[1] and best[0]["best_value"] is not None, best

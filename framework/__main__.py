@@ -74,10 +74,10 @@ def _end_without_teardown(code: object) -> None:
     Any other process, and one ending by an unexpected error (whose traceback Python prints),
     ends as usual."""
     from framework.distributed import left_a_group
-    from framework.process_exit import end_process, exit_status
 
-    status = exit_status(code) if code is None or isinstance(code, int) else None
-    if left_a_group() or status in INTERRUPTED_STATUSES:
+    if left_a_group() or code in INTERRUPTED_STATUSES:
+        from framework.process_exit import end_process, exit_status
+
         end_process(exit_status(code))
 
 

@@ -138,7 +138,7 @@ def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
     return task
 
 
-def requeue_job(run_dir: Path | None) -> None:
+def requeue_job(run_dir: Path) -> None:
     """Once a fit stopped on the scheduler's warning has saved its checkpoint into ``run_dir``:
     have submitit requeue the job, which ends this process (SystemExit). Returns where the job
     is not requeued: submitit says why (it was requeued too often), and the job ends
@@ -151,7 +151,7 @@ def requeue_job(run_dir: Path | None) -> None:
     from submitit.core.utils import UncompletedJobError
 
     job = submitit.JobEnvironment()
-    if job.global_rank == 0 and run_dir is not None:
+    if job.global_rank == 0:
         from framework.outputs import atomic_write
 
         mark = job.paths.folder / REQUEUED_MARK.format(job_id=job.job_id)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from framework import distributed, schema_cache, sweep_configs
 from framework.cluster import job_lost, requeue_job, resume_if_requeued, start_task, wait_for_local_jobs, warned
 from framework.console import stop_writing_to
+from framework.eager_optimizers import skip_dynamo_import
 from framework.error_messages import FULL_ERROR_ENV, describe_error
 from framework.errors import user_message
 from framework.locations import config_dir
@@ -92,6 +93,7 @@ def run_command_line() -> None:
             # ranks, its threads, rank 0 alone on the log file; nothing outside such a job.
             start_task(cfg.trainer, hydra_config.launcher)
             resume_if_requeued(cfg)  # a job requeued after the scheduler's warning goes on where it stopped
+            skip_dynamo_import()  # torch.optim would import torch._dynamo (2.5 s) for nothing
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)

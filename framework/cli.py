@@ -79,6 +79,7 @@ def run_command_line() -> None:
             cache.save(registry, manager)  # only if stale: the next --help needs no plugin
         store_configs(registry)
         share_components(manager, registry)  # for the vectorized launcher (hydra/launcher=vectorized)
+        skip_dynamo_import()  # torch.optim would import torch._dynamo (2.5 s) for nothing
         failed_run: list[Exception] = []  # a single run's error, raised once Hydra is done
 
         def train(cfg: DictConfig) -> float | None:
@@ -93,7 +94,7 @@ def run_command_line() -> None:
             # ranks, its threads, rank 0 alone on the log file; nothing outside such a job.
             start_task(cfg.trainer, hydra_config.launcher)
             resume_if_requeued(cfg)  # a job requeued after the scheduler's warning goes on where it stopped
-            skip_dynamo_import()  # torch.optim would import torch._dynamo (2.5 s) for nothing
+            skip_dynamo_import()  # again in a parallel launcher's worker process
             threads = threads_per_job(hydra_config.launcher.get("n_jobs"))
             if threads:  # parallel jobs share the cores instead of each taking all of them
                 torch.set_num_threads(threads)

@@ -1,9 +1,8 @@
 """Keeps torch.optim from importing torch._dynamo in a process that never compiles anything.
 
 torch.optim wraps the optimizers' methods so that a ``torch.compile`` trace skips them:
-``torch._disable_dynamo`` (``add_param_group``, ``zero_grad``, ``state_dict``,
-``load_state_dict`` and the functional ``adam``, ``nadam``, ...) and
-``_use_grad_for_differentiable`` (every built-in ``step``). Those wrappers import
+``torch._disable_dynamo`` (``add_param_group``, ``zero_grad``, ``state_dict`` and
+``load_state_dict``) and ``_use_grad_for_differentiable`` (every built-in ``step``). Those wrappers import
 ``torch._dynamo`` on their first call. That import costs as much as ``import torch`` itself
 (about 2.5 s of an 8-s ``python -m framework`` run) and buys nothing in eager mode: no frame
 can be being compiled while ``torch._dynamo`` has never been imported.
@@ -15,47 +14,60 @@ imports ``torch._dynamo`` (``torch.compile``, DDP, a plugin), every call goes th
 own wrapper again. Only the command line installs it, in a process the framework owns; the
 Python API leaves a user's torch as it found it.
 
-Where a torch release wraps its methods differently, the wrappers it does not recognise are
-left alone: they import ``torch._dynamo`` as before, which costs time, never correctness.
+A wrapper is recognised by its code object, the one torch's decorator gives every function it
+wraps, and a step wrapper only while its code does what this module mirrors. Where a torch
+release wraps its methods differently, its wrappers are left alone: they import
+``torch._dynamo`` as before, which costs time, never correctness.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
-from types import FunctionType, ModuleType
+from collections.abc import Callable
 
 import torch
-import torch._compile as torch_compile_module
-import torch.optim
-import torch.optim.optimizer as torch_optimizer_module
+from torch.optim.optimizer import _use_grad_for_differentiable
 
 # torch's wrapper (torch._compile._disable_dynamo) caches the disabled function under this
 # attribute of the wrapped one, and reads it before importing torch._dynamo.
 _DISABLED_CACHE = "__dynamo_disable"
+
+# Every function a decorator wraps shares its wrapper's code object: probes tell them apart
+# exactly, wherever torch's files lie.
+_DISABLE_DYNAMO_CODE = torch._disable_dynamo(lambda: None).__code__
+_USE_GRAD_CODE = _use_grad_for_differentiable(lambda self: None).__code__
+# The names _use_grad's code uses (torch 2.6 to 2.13): a release whose step wrapper does more
+# than set the grad mode and break a trace is not mirrored.
+_USE_GRAD_NAMES = {"torch._dynamo", "_dynamo", "cast", "Optimizer", "is_grad_enabled", "set_grad_enabled", "defaults",
+                   "graph_break"}
 
 
 def dynamo_loaded() -> bool:
     return "torch._dynamo" in sys.modules
 
 
-def skip_dynamo_import() -> None:
+def skip_dynamo_import() -> int:
     """Give torch.optim's dynamo-skipping wrappers an eager path (idempotent; cheap to repeat).
+    Returns how many wrappers got one by this call.
 
     Call it before an optimizer is built: building one calls ``add_param_group``. Optimizer
-    classes defined after a call are covered by the next call."""
+    classes defined after a call are covered by the next call; an optimizer class with a built
+    instance keeps torch's step (its step is then torch's hook wrapper, which is not matched).
+    The functional optimizers' ``_disable_dynamo_if_unsupported`` needs nothing: it calls its
+    disabled function only while compiling."""
     if dynamo_loaded():
-        return  # nothing left to save, and torch's wrappers are what a compiling process needs
-    for wrapper in _disable_dynamo_wrappers():
-        wrapped = wrapper.__wrapped__
-        if getattr(wrapped, _DISABLED_CACHE, None) is None:
-            setattr(wrapped, _DISABLED_CACHE, _eager_until_dynamo_loads(wrapper))
+        return 0  # nothing left to save, and torch's wrappers are what a compiling process needs
+    given = 0
     for optimizer_class in _optimizer_classes():
-        step = optimizer_class.__dict__.get("step")
-        # A class whose step torch already hooked (an instance was built) is left as it is.
-        if _is_use_grad_wrapper(step) and not getattr(step, "hooked", False):
-            optimizer_class.step = _eager_use_grad(step)
+        for name, method in list(vars(optimizer_class).items()):
+            if _wraps(method, _DISABLE_DYNAMO_CODE) and _DISABLED_CACHE not in vars(method.__wrapped__):
+                setattr(method.__wrapped__, _DISABLED_CACHE, _eager_until_dynamo_loads(method))
+                given += 1
+            elif name == "step" and _wraps(method, _USE_GRAD_CODE) and set(method.__code__.co_names) <= _USE_GRAD_NAMES:
+                optimizer_class.step = _eager_use_grad(method)
+                given += 1
+    return given
 
 
 def _eager_until_dynamo_loads(wrapper: Callable) -> Callable:
@@ -65,8 +77,9 @@ def _eager_until_dynamo_loads(wrapper: Callable) -> Callable:
     @functools.wraps(wrapped)
     def call(*args, **kwargs):
         if dynamo_loaded():
-            # Empty torch's cache and call its wrapper again: it builds and keeps the disabled function.
-            delattr(wrapped, _DISABLED_CACHE)
+            # Empty torch's cache and call its wrapper again: it builds and keeps the disabled
+            # function. (pop: another thread may have emptied it first.)
+            vars(wrapped).pop(_DISABLED_CACHE, None)
             return wrapper(*args, **kwargs)
         return wrapped(*args, **kwargs)
 
@@ -93,45 +106,8 @@ def _eager_use_grad(torch_step: Callable) -> Callable:
     return eager_step
 
 
-def _is_disable_dynamo_wrapper(candidate: object) -> bool:
-    code = getattr(candidate, "__code__", None)
-    return (code is not None and code.co_name == "inner" and code.co_filename == torch_compile_module.__file__
-            and callable(getattr(candidate, "__wrapped__", None)))
-
-
-def _is_use_grad_wrapper(candidate: object) -> bool:
-    code = getattr(candidate, "__code__", None)
-    return (code is not None and code.co_name == "_use_grad"
-            and code.co_filename == torch_optimizer_module.__file__
-            and callable(getattr(candidate, "__wrapped__", None)))
-
-
-def _disable_dynamo_wrappers() -> Iterator[FunctionType]:
-    """torch's ``_disable_dynamo`` wrappers among torch.optim's methods and functions, and those
-    held by the functional optimizers' fallback closures (``_disable_dynamo_if_unsupported``)."""
-    for candidate in _optimizer_functions():
-        if _is_disable_dynamo_wrapper(candidate):
-            yield candidate
-        for cell in getattr(candidate, "__closure__", None) or ():
-            try:
-                held = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if _is_disable_dynamo_wrapper(held):
-                yield held
-
-
-def _optimizer_functions() -> Iterator[object]:
-    for module in _optimizer_modules():
-        yield from vars(module).values()
-    for optimizer_class in _optimizer_classes():
-        yield from vars(optimizer_class).values()
-
-
-def _optimizer_modules() -> list[ModuleType]:
-    prefix = torch.optim.__name__ + "."
-    return [module for name, module in list(sys.modules.items())
-            if module is not None and (name == torch.optim.__name__ or name.startswith(prefix))]
+def _wraps(candidate: object, wrapper_code) -> bool:
+    return getattr(candidate, "__code__", None) is wrapper_code and callable(getattr(candidate, "__wrapped__", None))
 
 
 def _optimizer_classes() -> list[type]:

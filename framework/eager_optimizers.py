@@ -27,16 +27,24 @@ import sys
 from collections.abc import Callable
 
 import torch
-from torch.optim.optimizer import _use_grad_for_differentiable
+import torch.optim.optimizer as torch_optimizer
 
 # torch's wrapper (torch._compile._disable_dynamo) caches the disabled function under this
 # attribute of the wrapped one, and reads it before importing torch._dynamo.
 _DISABLED_CACHE = "__dynamo_disable"
 
+
+def _wrapper_code(module, decorator_name: str, probe: Callable):
+    """The code object of the wrapper a torch decorator puts around ``probe``; None where this
+    torch has no such decorator (nothing is then matched, and nothing breaks)."""
+    decorator = getattr(module, decorator_name, None)
+    return None if decorator is None else decorator(probe).__code__
+
+
 # Every function a decorator wraps shares its wrapper's code object: probes tell them apart
 # exactly, wherever torch's files lie.
-_DISABLE_DYNAMO_CODE = torch._disable_dynamo(lambda: None).__code__
-_USE_GRAD_CODE = _use_grad_for_differentiable(lambda self: None).__code__
+_DISABLE_DYNAMO_CODE = _wrapper_code(torch, "_disable_dynamo", lambda: None)
+_USE_GRAD_CODE = _wrapper_code(torch_optimizer, "_use_grad_for_differentiable", lambda self: None)
 # The names _use_grad's code uses (torch 2.6 to 2.13): a release whose step wrapper does more
 # than set the grad mode and break a trace is not mirrored.
 _USE_GRAD_NAMES = {"torch._dynamo", "_dynamo", "cast", "Optimizer", "is_grad_enabled", "set_grad_enabled", "defaults",
@@ -107,7 +115,8 @@ def _eager_use_grad(torch_step: Callable) -> Callable:
 
 
 def _wraps(candidate: object, wrapper_code) -> bool:
-    return getattr(candidate, "__code__", None) is wrapper_code and callable(getattr(candidate, "__wrapped__", None))
+    return (wrapper_code is not None and getattr(candidate, "__code__", None) is wrapper_code
+            and callable(getattr(candidate, "__wrapped__", None)))
 
 
 def _optimizer_classes() -> list[type]:

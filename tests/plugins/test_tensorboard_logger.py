@@ -54,7 +54,9 @@ def test_loss_curve_uses_a_log_axis_only_when_the_loss_spans_decades():
     assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
 
 
-def test_a_figure_drawn_on_the_threads_cleared_figure_has_the_pixels_of_one_drawn_on_a_new_figure():
+def test_a_figure_drawn_again_on_the_threads_figure_has_the_pixels_of_one_drawn_on_a_new_figure():
+    """A thread keeps a figure per layout and draws the next one like it by replacing its data,
+    limits and title; every drawing must still have the pixels of a new figure's."""
     import threading
 
     import numpy
@@ -62,12 +64,23 @@ def test_a_figure_drawn_on_the_threads_cleared_figure_has_the_pixels_of_one_draw
     from framework_plugins._figures import FitPoints, draw_fit, loss_figure
 
     x = numpy.linspace(-5.0, 5.0, 20)
+    dense = numpy.linspace(-5.0, 5.0, 400)
+    steps = list(range(0, 1001, 50))
     drawings = [  # every kind, after one another: a log axis, a legend, bars with their own ticks
         lambda: loss_figure(list(range(1, 101)), [1000.0 / step**2 for step in range(1, 101)], "decades"),
         lambda: draw_fit(FitPoints("fit/curve", x=x, y=x**2, curve_x=x, curve_y=2 * x + 1), "curve"),
         lambda: draw_fit(FitPoints("fit/residuals", x=numpy.arange(1, 6), y=numpy.array([1.0, -2, 3, 0, 5])), "rows"),
         lambda: loss_figure([1, 10, 20], [3.0, 2.5, 2.0], "flat"),
         lambda: draw_fit(FitPoints("fit/curve", x=x, y=-x, curve_x=x, curve_y=-x), "another curve"),
+        # The same layouts again with data of other ranges and lengths (a sweep's next jobs):
+        # the limits, ticks and legend place must follow the new data.
+        lambda: loss_figure(list(range(1, 51)), [1e6 / step**3 for step in range(1, 51)], "more decades"),
+        lambda: loss_figure(steps, [0.5 + 1e-3 * step for step in steps], "rising"),
+        lambda: loss_figure(steps, [20.0 - 0.01 * step for step in steps], "falling, new range"),
+        lambda: draw_fit(FitPoints("fit/curve", x=dense, y=100 * numpy.sin(dense), curve_x=dense[::4],
+                                   curve_y=dense[::4] ** 3), "wider"),
+        lambda: draw_fit(FitPoints("fit/curve", x=x[:5], y=x[:5], curve_x=x[:5], curve_y=x[:5] - 0.1), "narrower"),
+        lambda: draw_fit(FitPoints("fit/residuals", x=numpy.arange(1, 9), y=numpy.linspace(-1, 1, 8)), "more rows"),
     ]
 
     def in_a_new_thread(draw):  # a thread's first drawing is on a new figure
@@ -78,10 +91,11 @@ def test_a_figure_drawn_on_the_threads_cleared_figure_has_the_pixels_of_one_draw
         return image[0]
 
     on_new_figures = [in_a_new_thread(draw) for draw in drawings]
-    on_one_figure = in_a_new_thread(lambda: [draw() for draw in drawings])
-    for index, (new, reused) in enumerate(zip(on_new_figures, on_one_figure)):
+    on_one_thread = in_a_new_thread(lambda: [draw() for draw in drawings])
+    for index, (new, reused) in enumerate(zip(on_new_figures, on_one_thread)):
         assert numpy.array_equal(new, reused), index
-    assert not numpy.array_equal(on_one_figure[0], on_one_figure[3])
+    assert not numpy.array_equal(on_one_thread[0], on_one_thread[3])
+    assert not numpy.array_equal(on_one_thread[6], on_one_thread[7])
 
 
 def test_a_resumed_writer_waits_past_the_second_of_the_folders_newest_event_file(tmp_path):

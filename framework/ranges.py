@@ -17,6 +17,7 @@ refuses null elsewhere).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -130,26 +131,35 @@ def undeclared_ranges(schema: type) -> list[str]:
             if is_numeric(annotations.get(field.name, Any)) and range_of(field) is None]
 
 
+@functools.lru_cache(maxsize=None)
+def declared_ranges(schema: type) -> dict[str, tuple[Range, bool]]:
+    """{field: (its declared range, whether it may be None)} of a config dataclass; built once
+    per class (reading the annotations was a third of a run's config check, which every job of a
+    sweep makes)."""
+    if not dataclasses.is_dataclass(schema):
+        return {}
+    annotations = _field_types(schema)
+    return {field.name: (range_of(field), _strip_optional(annotations.get(field.name, Any))[1])
+            for field in dataclasses.fields(schema) if range_of(field) is not None}
+
+
 def range_errors(node: Any, path: str = "") -> list[str]:
     """One message per value out of its declared range, under ``node`` (a composed config)."""
     if isinstance(node, ListConfig):
         return [error for index, item in enumerate(node) for error in range_errors(item, f"{path}[{index}]")]
     if not isinstance(node, DictConfig):
         return []
-    schema = OmegaConf.get_type(node)
-    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-    annotations = _field_types(schema) if fields else {}
+    ranges = declared_ranges(OmegaConf.get_type(node))
     errors = []
     for key in node.keys():
         if OmegaConf.is_missing(node, key):
             continue  # reported as missing by the run
         where = f"{path}.{key}" if path else str(key)
         value = node[key]
-        declared = range_of(fields[key]) if key in fields else None
+        declared, optional = ranges.get(key, (None, False))
         if declared is None:
             errors.extend(range_errors(value, where))
         elif value is not None:
-            optional = _strip_optional(annotations.get(key, Any))[1]
             items = enumerate(value) if isinstance(value, ListConfig) else [(None, value)]
             for index, item in items:
                 if not declared.admits(item):

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from framework import distributed, schema_cache, sweep_configs
+from framework import distributed, job_runs, schema_cache, sweep_configs
 from framework.cluster import job_lost, requeue_job, resume_if_requeued, start_task, wait_for_local_jobs, warned
 from framework.console import stop_writing_to
 from framework.eager_optimizers import skip_dynamo_import
@@ -130,7 +130,9 @@ def run_command_line() -> None:
 
         app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train)
         try:
-            with sweep_configs.installed():  # a sweep composes each job's config once, cheaply
+            # A sweep composes each job's config once, cheaply; every job Hydra runs in this
+            # process skips Hydra's throwaway copies of its config.
+            with sweep_configs.installed(), job_runs.installed():
                 app()
         except BaseException as error:
             cut_short(error)

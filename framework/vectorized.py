@@ -12,12 +12,13 @@ batched computation, and give every job the folder its own run would have writte
 2. **Train.** Each batch of two jobs or more trains as one computation
    (:func:`framework.batched_fit.batched_fit`), recording every job's loss, parameters and
    gradients at every step.
-3. **Write.** Every job then runs through Hydra's ``run_job`` and the framework's own fit, as with
-   the basic launcher, except that its training step *replays* its record (:class:`Replay`):
-   the step sets the parameters and gradients its own step would have computed and returns the
-   same loss. Everything the fit writes (``.hydra/``, result.json, TensorBoard scalars, HParams
-   and figures, checkpoints, the sweep summary, the value a sweeper reads) comes from the same
-   code as for a job run alone, from the same numbers.
+3. **Write.** Every job then runs through ``run_job`` (Hydra's, its throwaway copies made cheap:
+   :mod:`framework.job_runs`) and the framework's own fit, as with the basic launcher, except that
+   its training step *replays* its record (:class:`Replay`): the step sets the parameters and
+   gradients its own step would have computed and returns the same loss. Everything the fit writes
+   (``.hydra/``, result.json, TensorBoard scalars, HParams and figures, checkpoints, the sweep
+   summary, the value a sweeper reads) comes from the same code as for a job run alone, from the
+   same numbers.
 
 Jobs that fit no group, and groups that cannot be batched, run one by one exactly as the basic
 launcher runs them, with a log line saying why.
@@ -182,25 +183,14 @@ def build_job(config: DictConfig) -> LoopState:
     """The job's run, built as its own fit builds it (checked config, seed, components)."""
     from framework.build import build_state
     from framework.devices import resolve_device, resolve_dtype, seed_everything
+    from framework.job_runs import config_without_hydra
     from framework.run import checked_trainer
 
-    task = task_part_unresolved(config)
+    task = config_without_hydra(config)
     trainer = checked_trainer(task)
     device, dtype = resolve_device(trainer.device), resolve_dtype(trainer.dtype)
     seed_everything(trainer.seed)
     return build_state(task, SHARED.registry, trainer=trainer, device=device, dtype=dtype)
-
-
-def task_part_unresolved(config: DictConfig) -> DictConfig:
-    """The job's config as its task function receives it (as Hydra's run_job makes it)."""
-    # Hydra's node is most of the config: the copy takes an empty node in its place (deepcopy's
-    # memo: what an object's copy is), which it then drops (7.4 against 2 ms a job).
-    hydra = config._get_node("hydra") if "hydra" in config else None
-    task = copy.deepcopy(config, memo={} if hydra is None else {id(hydra): OmegaConf.create({})})
-    with read_write(task), open_dict(task):
-        if "hydra" in task:
-            del task["hydra"]
-    return task
 
 
 def custom_steps() -> list[str]:
@@ -395,7 +385,9 @@ def replay_step(state: LoopState, trajectory: Trajectory):
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
     """The launcher's ``launch``: plan, train the batches, then run every job in order."""
-    from hydra.core.utils import configure_log, filter_overrides, run_job, setup_globals
+    from hydra.core.utils import configure_log, filter_overrides, setup_globals
+
+    from framework.job_runs import run_job
 
     setup_globals()
     config, context = launcher.config, launcher.hydra_context

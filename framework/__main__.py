@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-STARTUP_INTERRUPTED = "interrupted during start-up; nothing was run"
+from framework.errors import STARTUP_INTERRUPTED
 
 
 def _stop_at_startup(signum: int, frame) -> None:

@@ -27,7 +27,7 @@ from framework.cluster import job_lost, requeue_job, resume_if_requeued, start_t
 from framework.console import stop_writing_to
 from framework.eager_optimizers import skip_dynamo_import
 from framework.error_messages import FULL_ERROR_ENV, describe_error
-from framework.errors import user_message
+from framework.errors import STARTUP_INTERRUPTED, user_message
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.outputs import unstarted_result, write_result
@@ -67,6 +67,7 @@ def run_command_line() -> None:
     # folder keeps the record.
     logging.raiseExceptions = False
     SweepSummary.failure = SweepSummary.interrupted = SweepSummary.sweep_dir = None
+    jobs_started: list[bool] = []  # until a job's task function runs, no run folder says anything
     try:
         for signum in handled_signals():  # a fit turns them into a clean stop
             signal.signal(signum, raise_interrupted)
@@ -83,6 +84,7 @@ def run_command_line() -> None:
         failed_run: list[Exception] = []  # a single run's error, raised once Hydra is done
 
         def train(cfg: DictConfig) -> float | None:
+            jobs_started.append(True)
             hydra_config = HydraConfig.get()
             multirun = hydra_config.mode == RunMode.MULTIRUN
             # Read in a sweep only: reading it claims the folder (framework_new_folder).
@@ -147,8 +149,8 @@ def run_command_line() -> None:
     except KeyboardInterrupt as interrupt:
         # A fit that was stopped has logged where it stopped and how to resume.
         if not getattr(interrupt, "message", ""):
-            print("interrupted: the run folder keeps what was logged, and result.json says where it stopped",
-                  file=sys.stderr)
+            print("interrupted: the run folder keeps what was logged, and result.json says where it stopped"
+                  if jobs_started else STARTUP_INTERRUPTED, file=sys.stderr)
         sys.exit(exit_code(interrupt))
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         stop_writing_to(sys.stdout)

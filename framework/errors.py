@@ -6,6 +6,10 @@ without a traceback unless HYDRA_FULL_ERROR=1 asks for one.
 
 from __future__ import annotations
 
+# What a Ctrl-C before any run started prints (framework/__main__.py while torch and Hydra
+# import, framework/cli.py until the first job's task function runs).
+STARTUP_INTERRUPTED = "interrupted during start-up; nothing was run"
+
 
 def user_message(error: BaseException) -> str:
     """The one paragraph a user is shown for ``error`` (and result.json's ``error``)."""

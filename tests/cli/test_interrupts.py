@@ -222,6 +222,37 @@ def test_ctrl_c_during_start_up_prints_one_line(tmp_path, delay):
         assert (result["status"], result["stop_reason"], result["steps"]) == ("interrupted", "interrupted", 0), result
 
 
+# A plugin whose resolver interrupts its own process: a Ctrl-C at the moment Hydra resolves the
+# run folder, after the plugins are loaded and before any job's task function runs.
+SIGINT_RESOLVER = """
+import os, signal, time
+
+from omegaconf import OmegaConf
+
+
+def interrupt_here(path):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # the signal lands here, as a Ctrl-C would
+    return path
+
+
+OmegaConf.register_new_resolver("interrupt_here", interrupt_here)
+"""
+
+
+def test_ctrl_c_before_the_run_starts_says_nothing_was_run(tmp_path):
+    """Once the plugins are loaded, a Ctrl-C before the run's task function starts (here, while
+    Hydra resolves the run folder) leaves no run folder to point to."""
+    site = install_distribution(tmp_path / "site", distribution="interrupting", package="interrupting",
+                                source=SIGINT_RESOLVER, entry_point="interrupting")
+    folder = tmp_path / "run"
+    process = start(tmp_path, "+task=linear", f"hydra.run.dir=${{interrupt_here:{folder}}}", env=plugin_env(site))
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "interrupted during start-up; nothing was run", stderr
+    assert not folder.exists()
+
+
 SWEEP = (*TASK[:-2], "trainer.max_steps=20000")
 
 

@@ -83,14 +83,27 @@ def _held_figure(layout: tuple, build) -> tuple[HeldFigure, bool]:
     return held, True
 
 
-def _redrawn(held: HeldFigure, title: str, *data: tuple) -> numpy.ndarray:
-    """``held`` with each data artist's points replaced, the limits recomputed as a new figure's
-    would be, and the title's text replaced; its pixels."""
+def _drawn(layout: tuple, build, title: str, *data: tuple) -> numpy.ndarray:
+    """The pixels of a drawing: on a new figure, ``build``'s; on this thread's figure of
+    ``layout``, the same drawing made by replacing each data artist's points (``data``: (x, y)
+    for each, in ``build``'s order) and the title's text, with the limits recomputed as a new
+    figure's would be. Drawings with nothing to replace in place (bars), or whose data have no
+    finite point (where matplotlib keeps the last limits and a new figure takes its defaults),
+    are drawn anew on the cleared axes."""
+    held, new = _held_figure(layout, build)
+    if new:
+        return _pixels(held.figure)
+    axes = held.axes
     for artist, (x, y) in zip(held.data, data):
         artist.set_data(x, y)
-    held.axes.relim()
-    held.axes.autoscale_view()
-    held.title.set_text(title)
+    axes.relim()
+    if data and numpy.isfinite(axes.dataLim.get_points()).all():
+        axes.autoscale_view()
+        held.title.set_text(title)
+    else:
+        axes.cla()
+        held.title, artists = build(axes)
+        held.data = tuple(artists)
     return _pixels(held.figure)
 
 
@@ -122,8 +135,7 @@ def loss_figure(steps: list[int], losses: list[float], title: str) -> numpy.ndar
         axes.set_ylabel("train/loss")
         return axes.set_title(title, y=TITLE_Y), [line]
 
-    held, new = _held_figure(("loss", log_scale, markers), build)
-    return _pixels(held.figure) if new else _redrawn(held, title, (steps, losses))
+    return _drawn(("loss", log_scale, markers), build, title, (steps, losses))
 
 
 def fit_points(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor) -> FitPoints | None:
@@ -159,12 +171,10 @@ def draw_fit(points: FitPoints, title: str) -> numpy.ndarray:
             axes.legend()
             return axes.set_title(title, y=TITLE_Y), [data, model]
 
-        held, new = _held_figure(("fit/curve",), build)
-        return _pixels(held.figure) if new else _redrawn(
-            held, title, (points.x, points.y), (points.curve_x, points.curve_y))
+        return _drawn(("fit/curve",), build, title, (points.x, points.y), (points.curve_x, points.curve_y))
 
     def build_bars(axes):
-        # Bars have no data to replace in place: one figure per row count, drawn anew.
+        # Bars have no data to replace in place: drawn anew each time.
         axes.bar(points.x, points.y, color="tab:purple")
         axes.axhline(0.0, color="black", linewidth=0.8)
         axes.set_xticks(points.x)
@@ -172,11 +182,7 @@ def draw_fit(points: FitPoints, title: str) -> numpy.ndarray:
         axes.set_ylabel("prediction − target")
         return axes.set_title(title, y=TITLE_Y), []
 
-    held, new = _held_figure(("fit/residuals",), build_bars)
-    if not new:
-        held.axes.cla()
-        held.title, _ = build_bars(held.axes)
-    return _pixels(held.figure)
+    return _drawn(("fit/residuals",), build_bars, title)
 
 
 def fit_figure(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor, title: str):

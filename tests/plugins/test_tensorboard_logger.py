@@ -81,6 +81,13 @@ def test_a_figure_drawn_again_on_the_threads_figure_has_the_pixels_of_one_drawn_
                                    curve_y=dense[::4] ** 3), "wider"),
         lambda: draw_fit(FitPoints("fit/curve", x=x[:5], y=x[:5], curve_x=x[:5], curve_y=x[:5] - 0.1), "narrower"),
         lambda: draw_fit(FitPoints("fit/residuals", x=numpy.arange(1, 9), y=numpy.linspace(-1, 1, 8)), "more rows"),
+        # No finite point: matplotlib would keep the last limits where a new figure takes its
+        # defaults; then finite data again on the figure drawn anew.
+        lambda: loss_figure([1, 2, 3], [float("nan")] * 3, "no finite loss"),
+        lambda: loss_figure([1, 2, 3], [2.0, float("inf"), 1.0], "finite again"),
+        lambda: draw_fit(FitPoints("fit/curve", x=x, y=numpy.full_like(x, numpy.nan), curve_x=x,
+                                   curve_y=numpy.full_like(x, numpy.inf)), "no finite point"),
+        lambda: draw_fit(FitPoints("fit/curve", x=x, y=3 * x, curve_x=x, curve_y=3 * x), "a curve again"),
     ]
 
     def in_a_new_thread(draw):  # a thread's first drawing is on a new figure

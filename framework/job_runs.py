@@ -3,10 +3,10 @@ point 5, issue 12 point 7).
 
 Every job Hydra runs in this process (a single run, the basic launcher's and the vectorized
 launcher's sweep jobs) goes through ``hydra.core.utils.run_job``, which copies the job's config
-four times. The ``hydra`` node is most of a config (150 KB, Hydra's own settings), and three of
-the copies exist only to be thrown away; together they were a third of a sweep job's cost
-beyond its training (measured on a polyfit job: ≈ 30 of 76 ms). :func:`run_job` is Hydra 1.3's,
-statement for statement, except for those copies:
+four times. The ``hydra`` node is most of a config (150 KB, Hydra's own settings), and two of
+the copies exist only to be thrown away; they were a quarter of a sweep job's cost beyond its
+training (measured on a polyfit job: ≈ 20 of 76 ms). :func:`run_job` is Hydra 1.3's, statement
+for statement, except for those two copies:
 
 - **The job's config without its ``hydra`` node** (what the task function gets, and
   ``.hydra/config.yaml``): Hydra copies the whole config, then deletes the node from the copy.
@@ -14,9 +14,10 @@ statement for statement, except for those copies:
 - **The Hydra config after the job's folder is known**: Hydra makes a second masked copy of the
   ``hydra`` node (``HydraConfig.set_config``) to take the folder it has just set. Here the first
   copy takes the same value in place.
-- **``JobReturn.hydra_cfg``**: Hydra deep-copies ``HydraConfig``'s config, itself a copy made
-  for this job, which ``run_job`` replaces on return and nothing changes before (its ``hydra``
-  node is read-only). Here the job's return holds that config itself.
+
+``JobReturn.hydra_cfg`` stays Hydra's deep copy of ``HydraConfig``'s config: the copy's ``hydra``
+node has the copy for parent, where ``HydraConfig``'s has the job's config, so an interpolation
+of a job's key in ``hydra.job.env_set`` or ``hydra.job.chdir`` fails there as with Hydra.
 
 Everything written (``.hydra/*.yaml``), the task function's argument, ``HydraConfig`` during
 the job, the working folder, the environment, logging, the callbacks and the ``JobReturn`` are
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 from pathlib import Path
 from textwrap import dedent
 from typing import Any, Iterator
@@ -100,7 +102,7 @@ def run_job(
         task_cfg = config_without_hydra(config)
 
         ret.cfg = task_cfg
-        hydra_cfg = HydraConfig.instance().cfg
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
         assert isinstance(hydra_cfg, DictConfig)
         ret.hydra_cfg = hydra_cfg
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
@@ -166,21 +168,23 @@ def run_job(
 
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
-    """For the length of the block, Hydra's single run and basic launcher run their jobs through
-    :func:`run_job` (the vectorized launcher calls it itself); joblib's and submitit's workers,
-    in their own processes, keep Hydra's.
+    """For the length of the block, Hydra runs the jobs of this process through :func:`run_job`:
+    a single run, the basic launcher's, and those of any launcher whose module binds the name
+    meanwhile (joblib's runs its jobs here with ``n_jobs=1``). Worker processes (joblib's,
+    submitit's) import Hydra's own.
 
-    Hydra's own name is replaced too: its plugin scan executes the basic launcher's module again,
-    which then imports ``run_job`` from ``hydra.core.utils`` anew."""
+    Hydra's own name is replaced too: its plugin scan executes the launchers' modules again,
+    which then import ``run_job`` from ``hydra.core.utils`` anew. On leaving, every Hydra module
+    that took :func:`run_job` gets Hydra's back."""
     import importlib
 
     modules: list[Any] = [hydra_utils, *(importlib.import_module(name) for name in CALLERS)]
-    own = [module.run_job for module in modules]
     if mirrors_installed_hydra():
         for module in modules:
             module.run_job = run_job
     try:
         yield
     finally:
-        for module, function in zip(modules, own):
-            module.run_job = function
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] in ("hydra", "hydra_plugins") and getattr(module, "run_job", None) is run_job:
+                module.run_job = HYDRA_RUN_JOB

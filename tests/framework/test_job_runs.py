@@ -2,7 +2,9 @@
 real processes once with Hydra's function and once with the framework's, writes the same
 ``.hydra/`` files, gives its task function the same config, ``HydraConfig``, working folder and
 environment, and hands the callbacks the same ``JobReturn``: for a sweep of jobs that succeed
-and fail, a run that changes its working folder, and a run without ``.hydra/``."""
+and fail, a run that changes its working folder, a run without ``.hydra/``, and a run that
+Hydra refuses (``env_set`` interpolating a job's key, which Hydra's copy of the hydra node
+cannot resolve). Hydra's own function is back in place once the block ends."""
 
 from __future__ import annotations
 
@@ -68,23 +70,31 @@ if __name__ == "__main__":
         with job_runs.installed() if which == "framework" else contextlib.nullcontext():
             task()
     finally:
-        SEEN.append({"event": "after", "cwd": os.getcwd(), "env": os.environ.get("JOB_ENV")})
+        import hydra.core.utils
+        import hydra._internal.core_plugins.basic_launcher as basic
+
+        SEEN.append({"event": "after", "cwd": os.getcwd(), "env": os.environ.get("JOB_ENV"),
+                     "hydras_run_job": [module.run_job.__module__ for module in (hydra.core.utils, basic)]})
         with open(record, "w") as handle:
             json.dump(SEEN, handle)
 '''
 
-CASES = {
-    "sweep": ["-m", "x=1,2", "fail=false,true", "+hydra.job.env_set.JOB_ENV=set", "hydra.sweep.dir=sweep"],
-    "chdir": ["x=3", "hydra.run.dir=run", "hydra.job.chdir=true"],
-    "no_hydra_folder": ["x=4", "hydra.run.dir=run", "hydra.output_subdir=null"],
+CASES = {  # name: (arguments, exit status)
+    "sweep": (["-m", "x=1,2", "fail=false,true", "+hydra.job.env_set.JOB_ENV=set", "hydra.sweep.dir=sweep"], 1),
+    "chdir": (["x=3", "hydra.run.dir=run", "hydra.job.chdir=true"], 0),
+    "no_hydra_folder": (["x=4", "hydra.run.dir=run", "hydra.output_subdir=null"], 0),
+    # Hydra reads env_set from its copy of the hydra node, where a job's own keys are not found.
+    "env_set_from_a_job_key": (["x=5", "hydra.run.dir=run", "+hydra.job.env_set.JOB_ENV=${x}"], 1),
 }
 
 pytestmark = pytest.mark.skipif(not mirrors_installed_hydra(), reason="the installed Hydra runs its own run_job")
 
 
-def run_app(base: Path, which: str, args: list[str]) -> tuple[list[dict], dict[str, str]]:
+def run_app(base: Path, which: str, case: str) -> tuple[list[dict], dict[str, str], str]:
     """The app's record and every file it wrote, with ``base`` (the only difference between two
-    runs' folders) written as BASE. A sweep with failed jobs ends with Hydra's error (exit 1)."""
+    runs' folders) written as BASE; the app's exit status is the case's (a sweep with failed
+    jobs ends with Hydra's error, exit 1)."""
+    args, status = CASES[case]
     base.mkdir()
     (base / "app.py").write_text(APP)
     record = base / "record.json"
@@ -93,7 +103,7 @@ def run_app(base: Path, which: str, args: list[str]) -> tuple[list[dict], dict[s
     env.pop("JOB_ENV", None)
     done = subprocess.run([sys.executable, "app.py", which, str(record), *args], cwd=base, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == (1 if "fail=false,true" in args else 0), done.stderr
+    assert done.returncode == status, done.stderr
 
     def normalised(text: str) -> str:
         return text.replace(str(base.resolve()), "BASE").replace(str(base), "BASE")
@@ -101,16 +111,18 @@ def run_app(base: Path, which: str, args: list[str]) -> tuple[list[dict], dict[s
     seen = json.loads(normalised(record.read_text()))
     files = {str(path.relative_to(base)): normalised(path.read_text())
              for path in sorted(base.rglob("*")) if path.is_file() and path.name not in ("app.py", "record.json")}
-    return seen, files
+    return seen, files, normalised(done.stderr)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_framework_run_job_does_what_hydras_does(tmp_path, case):
-    hydra_seen, hydra_files = run_app(tmp_path / "hydra", "hydra", CASES[case])
-    framework_seen, framework_files = run_app(tmp_path / "framework", "framework", CASES[case])
+    hydra_seen, hydra_files, _ = run_app(tmp_path / "hydra", "hydra", case)
+    framework_seen, framework_files, framework_stderr = run_app(tmp_path / "framework", "framework", case)
 
     tasks = [event for event in framework_seen if event["event"] == "task"]
-    assert tasks and all(event["framework_run_job"] == [True, True] for event in tasks)
+    assert all(event["framework_run_job"] == [True, True] for event in tasks)
+    assert bool(tasks) == (case != "env_set_from_a_job_key")
+    assert framework_seen[-1]["hydras_run_job"] == ["hydra.core.utils"] * 2  # put back on leaving
     assert all(event["framework_run_job"] == [False, False] for event in hydra_seen if event["event"] == "task")
     for event in hydra_seen + framework_seen:
         event.pop("framework_run_job", None)
@@ -118,12 +130,14 @@ def test_the_framework_run_job_does_what_hydras_does(tmp_path, case):
     assert framework_files == hydra_files
     written = [name for name in hydra_files if name.endswith(".yaml")]
     assert bool(written) == (case != "no_hydra_folder"), sorted(hydra_files)
+    if case == "env_set_from_a_job_key":
+        assert "Interpolation key 'x' not found" in framework_stderr
 
 
 def test_the_jobs_saw_what_each_case_sets(tmp_path):
     """What the comparison above compares is there to compare (a run that changed nothing would
     pass it too)."""
-    seen, files = run_app(tmp_path / "sweep", "framework", CASES["sweep"])
+    seen, files, _ = run_app(tmp_path / "sweep", "framework", "sweep")
     tasks = [event for event in seen if event["event"] == "task"]
     ends = [event for event in seen if event["event"] == "end"]
     assert len(tasks) == len(ends) == 4
@@ -131,5 +145,5 @@ def test_the_jobs_saw_what_each_case_sets(tmp_path):
     assert [event["status"] for event in ends].count("JobStatus.FAILED") == 2
     assert {event["folder"] for event in tasks} == {f"BASE/sweep/{n}" for n in range(4)}
     assert sum(name.endswith(".hydra/hydra.yaml") for name in files) == 4
-    chdir_seen, _ = run_app(tmp_path / "chdir", "framework", CASES["chdir"])
+    chdir_seen, _, _ = run_app(tmp_path / "chdir", "framework", "chdir")
     assert [event["cwd"] for event in chdir_seen if event["event"] in ("task", "after")] == ["BASE/run", "BASE"]

@@ -162,7 +162,10 @@ def hydra_jobs_ran(jobs: int) -> Callable[[ProcessRun, Path], None]:
 
 
 def multirun(settings: Settings) -> list[Row]:
-    few = settings.size(8, 1)
+    # 16 and 32 jobs, five times: the per-job figure is a difference of two whole processes of
+    # seconds each, divided by the jobs between them (with 8 jobs and 3 repeats, one second of
+    # noise moved it by 125 ms; runs the same hour gave 42, 66 and 163 ms).
+    few = settings.size(16, 1)
     runs = {}
     for jobs in (few, 2 * few):
         runs[f"framework {jobs}"] = in_fresh_folder(
@@ -170,7 +173,7 @@ def multirun(settings: Settings) -> list[Row]:
             jobs_completed(jobs))
         runs[f"hydra {jobs}"] = in_fresh_folder(
             [sys.executable, str(BENCH / "hydra_app.py"), "-m", f"seed=range({jobs})"], hydra_jobs_ran(jobs))
-    done = alternating(runs, settings.times(3), settings.warmups)
+    done = alternating(runs, settings.times(5), settings.warmups)
     per_job = {side: [(more.seconds - fewer.seconds) / few
                       for fewer, more in zip(done[f"{side} {few}"], done[f"{side} {2 * few}"])]
                for side in ("framework", "hydra")}

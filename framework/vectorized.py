@@ -26,7 +26,6 @@ launcher runs them, with a log line saying why.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.batched_fit import Trajectory, batched_fit, flat_trainable, is_flattened
 from framework.errors import TrainingError

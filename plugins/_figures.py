@@ -94,16 +94,17 @@ def _drawn(layout: tuple, build, title: str, *data: tuple) -> numpy.ndarray:
     if new:
         return _pixels(held.figure)
     axes = held.axes
-    for artist, (x, y) in zip(held.data, data):
-        artist.set_data(x, y)
-    axes.relim()
-    if data and numpy.isfinite(axes.dataLim.get_points()).all():
-        axes.autoscale_view()
-        held.title.set_text(title)
-    else:
-        axes.cla()
-        held.title, artists = build(axes)
-        held.data = tuple(artists)
+    if data:
+        for artist, (x, y) in zip(held.data, data):
+            artist.set_data(x, y)
+        axes.relim()
+        if numpy.isfinite(axes.dataLim.get_points()).all():
+            axes.autoscale_view()
+            held.title.set_text(title)
+            return _pixels(held.figure)
+    axes.cla()
+    held.title, artists = build(axes)
+    held.data = tuple(artists)
     return _pixels(held.figure)
 
 

@@ -9,7 +9,7 @@ from framework import ConfigError, Dataset
 from framework.gradcheck import check_all, check_function
 from framework_plugins.linear_model import Linear, LinearConfig, build_linear
 from framework_plugins.polynomial_model import Polynomial, PolynomialConfig, build_polynomial
-from framework_plugins.sine_cubic_model import LegendreP3, SineCubicConfig, build_sine_cubic
+from framework_plugins.sine_cubic_model import LegendreP3, SineCubicConfig, build_sine_cubic, legendre_p3
 
 ONE_COLUMN = Dataset(torch.zeros(5, 1), torch.zeros(5, 1))
 
@@ -75,6 +75,57 @@ def test_sine_cubic_computes_a_plus_b_p3_of_c_plus_dx():
     z = 0.2 + 0.3 * x
     expected = 0.1 + -1.0 * (0.5 * (5 * z**3 - 3 * z))
     assert torch.allclose(model(x), expected)
+
+
+def values_and_gradients(apply, z):
+    z = z.detach().requires_grad_()
+    out = apply(z)
+    (grad,) = torch.autograd.grad(out, z, torch.linspace(0.5, 2.0, z.numel()))
+    return out.detach(), grad
+
+
+def test_the_models_eager_legendre_p3_skips_torchs_python_apply_and_equals_it_bitwise(monkeypatch):
+    """The model calls the C++ apply directly outside torch.func (a legendre step's Python
+    preamble, ≈ 25 µs): the same values and gradients, bit for bit, as the public apply."""
+    z = torch.linspace(-2.0, 2.0, 101)
+    expected = values_and_gradients(LegendreP3.apply, z)
+    public_calls = []
+    public_apply = LegendreP3.apply
+    monkeypatch.setattr(LegendreP3, "apply", lambda *args: public_calls.append(args) or public_apply(*args))
+
+    got = values_and_gradients(legendre_p3, z)
+
+    assert public_calls == []
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+
+
+def test_the_models_legendre_p3_takes_the_public_apply_under_vmap_and_grad(monkeypatch):
+    zs = torch.linspace(-2.0, 2.0, 12).reshape(3, 4)
+    public_calls = []
+    public_apply = LegendreP3.apply
+    monkeypatch.setattr(LegendreP3, "apply", lambda *args: public_calls.append(args) or public_apply(*args))
+
+    values = torch.func.vmap(legendre_p3)(zs)
+    slopes = torch.func.vmap(torch.func.grad(lambda z: legendre_p3(z).sum()))(zs)
+
+    assert len(public_calls) == 2
+    assert torch.equal(values, public_apply(zs))
+    assert torch.equal(slopes, 1.5 * (5 * zs**2 - 1))
+
+
+def test_the_sine_cubic_model_compiles_whole_and_computes_what_it_does_eagerly():
+    model = build_sine_cubic(SineCubicConfig(init=[0.1, -1.0, 0.2, 0.3]), data=ONE_COLUMN)
+    x = torch.linspace(-3, 3, 9)[:, None]
+    eager = model(x)
+    eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    compiled = torch.compile(model, backend="eager", fullgraph=True)(x)  # fails on a graph break
+    compiled.sum().backward()
+
+    assert torch.equal(compiled, eager)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), eager_grads))
 
 
 def test_every_contributed_autograd_function_passes_gradcheck(manager):

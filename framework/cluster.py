@@ -35,15 +35,23 @@ In the sweep's own process: a job whose process was killed (out of memory, by th
 failed node) leaves no result, and the launcher raises as soon as it reaches that job, while
 later jobs may still run. :func:`job_lost` turns that error into one that names it; the CLI
 then waits for the local jobs still running and writes the summary (:func:`framework.cli.cut_short`).
+
+In the sweep's own process under submitit_local, each job's controller starts in a session of
+its own, and a Ctrl-C reaches the jobs' tasks through the sweep's process, not the controllers
+(:func:`keep_local_jobs_from_the_terminal`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -61,6 +69,10 @@ SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
 # Left in the job's submitit folder (<sweep>/.submitit/<job id>/) by a task that has the job
 # requeued, with the run folder to resume in it; the requeued job's tasks read it.
 REQUEUED_MARK = "{job_id}_requeued_run"
+# Hydra's launcher for submitit's local mode (hydra/launcher=submitit_local), and the module its
+# executor runs as each task of a job (``python -u -m submitit.core._submit <folder>``).
+LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+LOCAL_TASK_MODULE = b"submitit.core._submit"
 
 
 @dataclass(frozen=True)
@@ -245,3 +257,57 @@ def wait_for_local_jobs(poll_s: float = 0.5) -> None:
 
     while child_processes():
         time.sleep(poll_s)
+
+
+def keep_local_jobs_from_the_terminal() -> bool:
+    """submitit_local: start each job's controller in a session of its own, out of the reach of
+    the terminal's Ctrl-C, which the sweep's process then passes on to the jobs' tasks
+    (:func:`interrupt_local_tasks`). Returns whether it did.
+
+    A Ctrl-C reaches every process of the terminal's foreground group. The tasks stop as a
+    single run stops (a checkpoint, result.json), but submitit's controller (``python -m
+    submitit.local._local``, one a job) takes it as a KeyboardInterrupt: it printed its
+    traceback, sent its tasks SIGINT again and SIGKILL a second later, which could cut a slow
+    last save short. Out of the terminal's group it only waits for its tasks to end, and ``kill``
+    of the sweep still reaches them through it (its SIGTERM handler passes the signal on). Only
+    where /proc lists the tasks to pass a Ctrl-C on to (Linux), and only with the submitit whose
+    ``start_controller`` starts the controller with ``subprocess.Popen``.
+    """
+    from submitit.local import local
+
+    if not os.path.exists("/proc/self/stat") or not hasattr(local, "start_controller"):
+        return False
+    if getattr(local.subprocess, "framework_own_sessions", False):
+        return True
+    if local.subprocess is not subprocess:
+        return False
+    # The module's own name for subprocess, and so start_controller's Popen: nothing else in this
+    # process starts a process through it (the controller starts the tasks in its own process).
+    own_sessions = types.SimpleNamespace(**vars(subprocess))
+    own_sessions.Popen = functools.partial(subprocess.Popen, start_new_session=True)
+    own_sessions.framework_own_sessions = True
+    local.subprocess = own_sessions
+    return True
+
+
+def interrupt_local_tasks() -> None:
+    """Pass a Ctrl-C on to the tasks of the local jobs this process started: each job's
+    processes are in the process group of the process started for it (the controller, or the
+    shell running ``hydra.launcher.setup`` before it); the controller itself is left alone."""
+    from framework.signals import process_table  # imported already: the sweep's handlers are there
+
+    table = process_table()
+    me = os.getpid()
+    groups = {pid for pid, parent, _ in table if parent == me}
+    for pid, _, group in table:
+        if group in groups and pid not in groups and is_local_task(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT)
+
+
+def is_local_task(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return LOCAL_TASK_MODULE in handle.read().split(b"\0")
+    except OSError:
+        return False

@@ -26,6 +26,7 @@ import yaml
 from tests.cli.test_sweeps import Sweep, launch_sweep
 from tests.conftest import cli_env
 from tests.framework.compare import events
+from tests.plugin_site import install_distribution, plugin_env
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -185,14 +186,29 @@ def task_log(sweep_dir: Path, pid: int) -> str:
     return (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
 
 
+def sweep_processes(sweep_dir: Path) -> list[int]:
+    """The pids of the submitit controllers and tasks of the sweep (their command lines name
+    its ``.submitit`` folder). The controllers run in sessions of their own (so a terminal's
+    Ctrl-C does not reach them): killing the sweep's process group leaves them running."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"submitit" in word for word in words) and any(str(sweep_dir).encode() in word for word in words):
+            pids.append(int(entry.name))
+    return pids
+
+
 @contextlib.contextmanager
-def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str):
-    """``python -m framework -m LOCAL ARGS`` in its own process group, so that the jobs' processes
-    end with it (:func:`ended_sweep` reads its outputs). If the test fails while the sweep runs,
-    the whole group is killed: no job is left training."""
+def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str, env: dict | None = None):
+    """``python -m framework -m LOCAL ARGS`` in its own process group, as from a terminal of its
+    own (:func:`ended_sweep` reads its outputs). If the test fails while the sweep runs, the
+    group and the jobs' processes are killed: no job is left training."""
     process = subprocess.Popen(
         [sys.executable, "-m", "framework", "-m", LOCAL, *args, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
     try:
@@ -200,6 +216,10 @@ def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+        for pid in sweep_processes(sweep_dir):  # before reading: they hold the sweep's pipes open
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if process.returncode is None:
             process.communicate()
 
 
@@ -263,6 +283,46 @@ def test_the_schedulers_warning_requeues_the_job_which_resumes_and_sigterm_stops
     assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
     rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
     assert rows == {warned.name: "completed", endless.name: "interrupted"}, rows
+
+
+# A plugin whose last work after a fit (framework_fit_end) takes longer than the second that
+# submitit's controller gave a job's tasks before SIGKILL, when a Ctrl-C reached it too.
+SLOW_LAST_SAVE = '''
+    import time
+
+    from framework import hookimpl
+
+    @hookimpl
+    def framework_fit_end(state, result):
+        time.sleep(2.5)
+        (state.run.run_dir / "slow_save_done").write_text(result["status"])
+'''
+
+
+def test_ctrl_c_stops_every_job_cleanly_however_long_its_last_save(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the sweep's process group) reaches the jobs' tasks, which
+    save a checkpoint and an interrupted result.json, and a plugin's final work of 2.5 s ends
+    too; submitit's controllers, in sessions of their own, print no traceback and kill nothing
+    (they sent SIGKILL a second after a Ctrl-C of their own). The sweep exits 130."""
+    site = install_distribution(tmp_path / "site", distribution="slow-save", package="slow_save",
+                                source=SLOW_LAST_SAVE, entry_point="slow_save")
+    sweep_dir = tmp_path / "sweep"
+    jobs = [sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=1000000001"]
+    with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", "trainer.max_steps=1000000000,1000000001",
+                                env=plugin_env(site)) as process:
+        wait_until_training(process, jobs, time.monotonic() + 240)
+        os.killpg(process.pid, signal.SIGINT)
+        sweep = ended_sweep(process, sweep_dir, timeout=120)
+    assert sweep.returncode == 128 + signal.SIGINT, sweep.describe()
+    assert "Traceback" not in sweep.output, sweep.describe()
+    for job in jobs:
+        result = sweep.result(job.name)
+        assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGINT"), result
+        saved = sorted((job / "checkpoints").glob("step_*.pt"))
+        assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
+        assert (job / "slow_save_done").read_text() == "interrupted", sweep.describe()
+    assert {row["job"]: row["status"] for row in sweep.summary_rows()} == {job.name: "interrupted" for job in jobs}
+    assert not sweep_processes(sweep_dir)
 
 
 def sweep_result(job: Path) -> dict:

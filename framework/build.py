@@ -17,6 +17,7 @@ from framework.precision import mixed_precision
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
 from framework.standardize import standardize_inputs
+from framework.zero_grad import lean_zero_grad
 from framework.state import BuiltRun, LoopState, Progress
 
 
@@ -170,6 +171,7 @@ def build_state(
     optimizer = build_optimizer(parameters)
     if can_flatten(model, parameters, optimizer):  # the same updates, cheaper
         optimizer = flatten(build_optimizer, parameters)
+    lean_zero_grad(optimizer)  # a flattened one has its own
     precision = mixed_precision(trainer.precision, device, dtype, optimizer)
 
     scheduler_component, scheduler_config = component_config(cfg.scheduler, "scheduler", registry)

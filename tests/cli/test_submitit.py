@@ -165,17 +165,23 @@ def test_a_job_of_two_tasks_gets_torchruns_variables_and_one_folder(tmp_path):
     assert {row["job"] for row in sweep.summary_rows()} == set(jobs)
 
 
-def task_processes(sweep_dir: Path) -> list[int]:
-    """The pids of the submitit tasks (``python -m submitit.core._submit <sweep>/.submitit/...``)."""
+def processes_of(sweep_dir: Path, module: bytes) -> list[int]:
+    """The pids of the processes whose command line runs a ``module`` of submitit's on the
+    sweep's ``.submitit`` folder."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
             words = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"submitit.core._submit" in words and any(str(sweep_dir).encode() in word for word in words):
+        if any(module in word for word in words) and any(str(sweep_dir).encode() in word for word in words):
             pids.append(int(entry.name))
     return pids
+
+
+def task_processes(sweep_dir: Path) -> list[int]:
+    """The pids of the submitit tasks (``python -m submitit.core._submit <sweep>/.submitit/...``)."""
+    return processes_of(sweep_dir, b"submitit.core._submit")
 
 
 def task_log(sweep_dir: Path, pid: int) -> str:
@@ -187,18 +193,10 @@ def task_log(sweep_dir: Path, pid: int) -> str:
 
 
 def sweep_processes(sweep_dir: Path) -> list[int]:
-    """The pids of the submitit controllers and tasks of the sweep (their command lines name
-    its ``.submitit`` folder). The controllers run in sessions of their own (so a terminal's
-    Ctrl-C does not reach them): killing the sweep's process group leaves them running."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            words = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"submitit" in word for word in words) and any(str(sweep_dir).encode() in word for word in words):
-            pids.append(int(entry.name))
-    return pids
+    """The pids of the submitit controllers and tasks of the sweep. The controllers run in
+    sessions of their own (so a terminal's Ctrl-C does not reach them): killing the sweep's
+    process group leaves them running."""
+    return processes_of(sweep_dir, b"submitit.")
 
 
 @contextlib.contextmanager

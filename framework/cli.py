@@ -67,6 +67,7 @@ def run_command_line() -> None:
     # folder keeps the record.
     logging.raiseExceptions = False
     SweepSummary.failure = SweepSummary.interrupted = SweepSummary.sweep_dir = None
+    SweepSummary.summarised = False
     jobs_started: list[bool] = []  # until a job's task function runs, no run folder says anything
     try:
         for signum in handled_signals():  # a fit turns them into a clean stop
@@ -193,6 +194,8 @@ def cut_short(error: BaseException) -> None:
     submitit job that was killed, once the other local jobs have ended)."""
     sweep_dir = SweepSummary.sweep_dir
     if sweep_dir is None:
+        if SweepSummary.summarised and isinstance(error, KeyboardInterrupt):
+            return  # a Ctrl-C after the sweep ended and its summary was written: nothing to stop
         raise error
     lost = job_lost(error, sweep_dir)
     if lost is not None:  # a killed job: the others run on, and the summary waits for them

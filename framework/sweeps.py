@@ -234,6 +234,7 @@ class SweepSummary(Callback):
     failure: SweepFailed | None = None
     interrupted: int | None = None
     sweep_dir: Path | None = None  # of the sweep under way, until its summary is written
+    summarised = False  # the sweep has ended, and its summary is written
     previous_handlers: dict = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -261,6 +262,7 @@ class SweepSummary(Callback):
             return
         restore_handlers(cls.previous_handlers)
         cls.previous_handlers = {}
+        cls.summarised = True
         cls.interrupted = interrupted_by(sweep_dir)
         rows = collect_jobs(sweep_dir, interrupted=cls.interrupted is not None)
         if not rows and cls.interrupted is None:

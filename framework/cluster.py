@@ -36,17 +36,15 @@ failed node) leaves no result, and the launcher raises as soon as it reaches tha
 later jobs may still run. :func:`job_lost` turns that error into one that names it; the CLI
 then waits for the local jobs still running and writes the summary (:func:`framework.cli.cut_short`).
 
-In the sweep's own process under submitit_local, each job's controller starts in a session of
-its own, and a Ctrl-C reaches the jobs' tasks through the sweep's process, not the controllers
-(:func:`keep_local_jobs_from_the_terminal`).
+In the sweep's own process under submitit_local, each job's controller is started so that a
+Ctrl-C stops the jobs' tasks and not the controllers (:func:`keep_local_controllers_from_ctrl_c`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -69,10 +67,8 @@ SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
 # Left in the job's submitit folder (<sweep>/.submitit/<job id>/) by a task that has the job
 # requeued, with the run folder to resume in it; the requeued job's tasks read it.
 REQUEUED_MARK = "{job_id}_requeued_run"
-# Hydra's launcher for submitit's local mode (hydra/launcher=submitit_local), and the module its
-# executor runs as each task of a job (``python -u -m submitit.core._submit <folder>``).
+# Hydra's launcher for submitit's local mode (hydra/launcher=submitit_local).
 LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-LOCAL_TASK_MODULE = b"submitit.core._submit"
 
 
 @dataclass(frozen=True)
@@ -259,55 +255,59 @@ def wait_for_local_jobs(poll_s: float = 0.5) -> None:
         time.sleep(poll_s)
 
 
-def keep_local_jobs_from_the_terminal() -> bool:
-    """submitit_local: start each job's controller in a session of its own, out of the reach of
-    the terminal's Ctrl-C, which the sweep's process then passes on to the jobs' tasks
-    (:func:`interrupt_local_tasks`). Returns whether it did.
+def keep_local_controllers_from_ctrl_c() -> bool:
+    """submitit_local: start each job's controller with a Ctrl-C handler that does nothing, so
+    that a terminal's Ctrl-C stops the jobs' tasks (each as a single run stops: a checkpoint,
+    result.json) and the sweep, and leaves the controllers waiting for their tasks to end.
+    Returns whether it did.
 
-    A Ctrl-C reaches every process of the terminal's foreground group. The tasks stop as a
-    single run stops (a checkpoint, result.json), but submitit's controller (``python -m
-    submitit.local._local``, one a job) takes it as a KeyboardInterrupt: it printed its
-    traceback, sent its tasks SIGINT again and SIGKILL a second later, which could cut a slow
-    last save short. Out of the terminal's group it only waits for its tasks to end, and ``kill``
-    of the sweep still reaches them through it (its SIGTERM handler passes the signal on). Only
-    where /proc lists the tasks to pass a Ctrl-C on to (Linux), and only with the submitit whose
-    ``start_controller`` starts the controller with ``subprocess.Popen``.
+    A Ctrl-C reaches every process of the terminal's foreground group. submitit's controller
+    (``python -m submitit.local._local FOLDER``, one a job) took it as a KeyboardInterrupt: it
+    printed its traceback, sent its tasks SIGINT again and SIGKILL a second later, which could
+    cut a slow last save short. The controller now runs that same module after setting its
+    handler; a handler (unlike an ignored signal) is reset by ``exec``, so the tasks it starts
+    take Ctrl-C as usual. The controllers stay in the terminal's process group: a hangup, a
+    SIGTERM or SIGKILL to the group reaches them as before. The command is rewritten only where
+    it has the form this submitit gives it.
     """
     from submitit.local import local
 
-    if not os.path.exists("/proc/self/stat") or not hasattr(local, "start_controller"):
-        return False
-    if getattr(local.subprocess, "framework_own_sessions", False):
+    if getattr(local.subprocess, "framework_controllers_ignore_ctrl_c", False):
         return True
-    if local.subprocess is not subprocess:
+    if local.subprocess is not subprocess or not hasattr(local, "start_controller"):
         return False
-    # The module's own name for subprocess, and so start_controller's Popen: nothing else in this
-    # process starts a process through it (the controller starts the tasks in its own process).
-    own_sessions = types.SimpleNamespace(**vars(subprocess))
-    own_sessions.Popen = functools.partial(subprocess.Popen, start_new_session=True)
-    own_sessions.framework_own_sessions = True
-    local.subprocess = own_sessions
+
+    def popen(command, *args, **kwargs):
+        return subprocess.Popen(controller_ignoring_ctrl_c(command), *args, **kwargs)
+
+    # The module's own name for subprocess, used by start_controller in this process (the
+    # controller starts the tasks in its own process, with the module it imports there).
+    patched = types.SimpleNamespace(**vars(subprocess))
+    patched.Popen = popen
+    patched.framework_controllers_ignore_ctrl_c = True
+    local.subprocess = patched
     return True
 
 
-def interrupt_local_tasks() -> None:
-    """Pass a Ctrl-C on to the tasks of the local jobs this process started: each job's
-    processes are in the process group of the process started for it (the controller, or the
-    shell running ``hydra.launcher.setup`` before it); the controller itself is left alone."""
-    from framework.signals import process_table  # imported already: the sweep's handlers are there
-
-    table = process_table()
-    me = os.getpid()
-    groups = {pid for pid, parent, _ in table if parent == me}
-    for pid, _, group in table:
-        if group in groups and pid not in groups and is_local_task(pid):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGINT)
+LOCAL_CONTROLLER = ["-m", "submitit.local._local"]
+# The controller's module run after a Ctrl-C handler that does nothing (``python -c`` leaves the
+# folder as sys.argv[1], where the module reads it).
+CONTROLLER_IGNORING_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, lambda signum, frame: None); "
+    "runpy.run_module('submitit.local._local', run_name='__main__', alter_sys=True)"
+)
 
 
-def is_local_task(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return LOCAL_TASK_MODULE in handle.read().split(b"\0")
-    except OSError:
-        return False
+def controller_ignoring_ctrl_c(command):
+    """submitit's controller command (a list, or a shell line after ``hydra.launcher.setup``)
+    with the controller's module run by :data:`CONTROLLER_IGNORING_CTRL_C`; any other command
+    unchanged."""
+    if isinstance(command, list) and len(command) == 4 and command[1:3] == LOCAL_CONTROLLER:
+        return [command[0], "-c", CONTROLLER_IGNORING_CTRL_C, command[3]]
+    if isinstance(command, str):
+        words = shlex.split(command)
+        if len(words) >= 4 and words[-3:-1] == LOCAL_CONTROLLER:
+            tail = shlex.join(words[-4:])
+            if command.endswith(tail):
+                return command[:-len(tail)] + shlex.join(controller_ignoring_ctrl_c(words[-4:]))
+    return command

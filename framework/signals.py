@@ -57,13 +57,13 @@ def handled_signals() -> list[int]:
     return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
 
 
-def process_table() -> list[tuple[int, int, int]]:
-    """(pid, parent's pid, process group) of every live process, from /proc; none elsewhere."""
+def child_processes() -> list[int]:
+    """This process's children (a parallel launcher's workers), from /proc; none elsewhere."""
+    me, children = os.getpid(), []
     try:
         entries = os.listdir("/proc")
     except OSError:
         return []
-    table = []
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -72,15 +72,9 @@ def process_table() -> list[tuple[int, int, int]]:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z":  # a process that has exited is no worker
-            table.append((int(entry), int(fields[1]), int(fields[2])))
-    return table
-
-
-def child_processes() -> list[int]:
-    """This process's children (a parallel launcher's workers), from /proc; none elsewhere."""
-    me = os.getpid()
-    return [pid for pid, parent, _ in process_table() if parent == me]
+        if int(fields[1]) == me and fields[0] != "Z":  # a child that has exited is no worker
+            children.append(int(entry))
+    return children
 
 
 def on_stop_signals(record: Callable[[int], None]) -> dict:

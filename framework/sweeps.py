@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from framework.cluster import LOCAL_LAUNCHER, interrupt_local_tasks, keep_local_jobs_from_the_terminal
+from framework.cluster import LOCAL_LAUNCHER, keep_local_controllers_from_ctrl_c
 from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
@@ -240,15 +239,9 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         SweepSummary.sweep_dir = sweep_dir
-        local_jobs_apart = (config.hydra.launcher.get("_target_") == LOCAL_LAUNCHER
-                            and keep_local_jobs_from_the_terminal())
-
-        def record(signum: int) -> None:
-            mark_interrupted(sweep_dir, signum)  # first: a job that starts from now on is skipped
-            if local_jobs_apart and signum == signal.SIGINT:  # the terminal's Ctrl-C missed them
-                interrupt_local_tasks()
-
-        SweepSummary.previous_handlers = on_stop_signals(record)
+        if config.hydra.launcher.get("_target_") == LOCAL_LAUNCHER:
+            keep_local_controllers_from_ctrl_c()
+        SweepSummary.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         SweepSummary.summarise()

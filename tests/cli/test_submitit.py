@@ -193,9 +193,7 @@ def task_log(sweep_dir: Path, pid: int) -> str:
 
 
 def sweep_processes(sweep_dir: Path) -> list[int]:
-    """The pids of the submitit controllers and tasks of the sweep. The controllers run in
-    sessions of their own (so a terminal's Ctrl-C does not reach them): killing the sweep's
-    process group leaves them running."""
+    """The pids of the submitit controllers and tasks of the sweep."""
     return processes_of(sweep_dir, b"submitit.")
 
 
@@ -203,7 +201,7 @@ def sweep_processes(sweep_dir: Path) -> list[int]:
 def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str, env: dict | None = None):
     """``python -m framework -m LOCAL ARGS`` in its own process group, as from a terminal of its
     own (:func:`ended_sweep` reads its outputs). If the test fails while the sweep runs, the
-    group and the jobs' processes are killed: no job is left training."""
+    group is killed, and any process of the sweep's jobs that left it: no job is left training."""
     process = subprocess.Popen(
         [sys.executable, "-m", "framework", "-m", LOCAL, *args, f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -214,7 +212,7 @@ def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str, env: dic
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-        for pid in sweep_processes(sweep_dir):  # before reading: they hold the sweep's pipes open
+        for pid in sweep_processes(sweep_dir):  # before reading: they would hold its pipes open
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         if process.returncode is None:
@@ -297,20 +295,25 @@ SLOW_LAST_SAVE = '''
 '''
 
 
-def test_ctrl_c_stops_every_job_cleanly_however_long_its_last_save(tmp_path):
+@pytest.mark.parametrize("setup", [[], ["+hydra.launcher.setup=[echo setting up]"]], ids=["python", "setup"])
+def test_ctrl_c_stops_every_job_cleanly_however_long_its_last_save(tmp_path, setup):
     """A terminal's Ctrl-C (SIGINT to the sweep's process group) reaches the jobs' tasks, which
     save a checkpoint and an interrupted result.json, and a plugin's final work of 2.5 s ends
-    too; submitit's controllers, in sessions of their own, print no traceback and kill nothing
-    (they sent SIGKILL a second after a Ctrl-C of their own). The sweep exits 130."""
+    too; submitit's controllers print no traceback and kill nothing (they sent SIGKILL a second
+    after the Ctrl-C). Every process of the sweep is in its group, so a hangup or a SIGKILL to
+    the group ends them all. With ``hydra.launcher.setup`` the controller is started by a shell.
+    The sweep exits 130."""
     site = install_distribution(tmp_path / "site", distribution="slow-save", package="slow_save",
                                 source=SLOW_LAST_SAVE, entry_point="slow_save")
     sweep_dir = tmp_path / "sweep"
     jobs = [sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=1000000001"]
     with sweep_in_its_own_group(tmp_path, sweep_dir, "+task=linear", "trainer.max_steps=1000000000,1000000001",
-                                env=plugin_env(site)) as process:
+                                *setup, env=plugin_env(site)) as process:
         wait_until_training(process, jobs, time.monotonic() + 240)
+        in_group = {pid: os.getpgid(pid) == process.pid for pid in sweep_processes(sweep_dir)}
         os.killpg(process.pid, signal.SIGINT)
         sweep = ended_sweep(process, sweep_dir, timeout=120)
+    assert len(in_group) >= 4 and all(in_group.values()), in_group  # two controllers, two tasks
     assert sweep.returncode == 128 + signal.SIGINT, sweep.describe()
     assert "Traceback" not in sweep.output, sweep.describe()
     for job in jobs:

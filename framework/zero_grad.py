@@ -9,7 +9,9 @@ framework.flat_parameters) that was most of the framework's cost over the plain 
 profiler is enabled, does what torch's does with ``set_to_none=True`` (every gradient of every
 group to None) and nothing else; with a profiler enabled, or ``set_to_none=False``, it calls
 torch's own, record included. Optimizers whose class or instance has a ``zero_grad`` of its own
-keep it.
+keep it. One observer sees the difference: torch's ``ExecutionTraceObserver`` running without
+a profiler records no ``Optimizer.zero_grad`` event (torch offers no Python check for record
+callbacks other than the profiler's; with the profiler, the usual way, the event is there).
 """
 
 from __future__ import annotations

@@ -99,6 +99,15 @@ def test_the_models_eager_legendre_p3_skips_torchs_python_apply_and_equals_it_bi
     assert all(torch.equal(g, e) for g, e in zip(got, expected))
 
 
+def test_a_tensor_that_escaped_a_finished_transform_is_unwrapped_as_the_public_apply_does():
+    escaped = []
+    torch.func.grad(lambda z: (escaped.append(z * 1.0), (z**2).sum())[1])(torch.tensor([0.3, 0.7]))
+    (z,) = escaped  # a dead wrapper: plain ops on it build no graph
+    public, eager = LegendreP3.apply(z), legendre_p3(z)
+    assert torch.equal(eager, public)
+    assert (eager.grad_fn, eager.requires_grad) == (public.grad_fn, public.requires_grad) == (None, False)
+
+
 def test_the_models_legendre_p3_takes_the_public_apply_under_vmap_and_grad(monkeypatch):
     zs = torch.linspace(-2.0, 2.0, 12).reshape(3, 4)
     public_calls = []

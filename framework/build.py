@@ -17,8 +17,8 @@ from framework.precision import mixed_precision
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
 from framework.standardize import standardize_inputs
-from framework.zero_grad import lean_zero_grad
 from framework.state import BuiltRun, LoopState, Progress
+from framework.zero_grad import lean_zero_grad
 
 
 def component_config(node: DictConfig, kind: str, registry: Registry) -> tuple[Component, Any]:

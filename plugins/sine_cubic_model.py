@@ -42,18 +42,19 @@ LegendreP3.forward.__signature__ = inspect.signature(LegendreP3.forward)
 
 
 def eager_apply(function):
-    """``function.apply`` without torch's Python preamble where the preamble has nothing to do.
+    """``function.apply`` for a one-tensor ``function``, without torch's Python preamble where
+    the preamble has only that tensor to unwrap.
 
     Before calling the C++ apply, torch's ``Function.apply`` binds a ``setup_context``
     Function's arguments to ``forward``'s signature and unwraps the tensors of finished
     ``torch.func`` transforms: ≈ 25 µs a call even with the signature given, 8% of a legendre
     step, where the tutorial's form of the Function pays ≈ 5. With no ``torch.func`` transform
     active and nothing being compiled, the binding has nothing to do (``forward`` takes one
-    tensor and has no defaults), so the one tensor is unwrapped (a tensor that escaped a
-    finished transform; ≈ 0.2 µs) and the C++ apply called directly. Under vmap or grad (the vectorized
-    launcher's vmap path), under ``torch.compile`` (which traces the public apply), or on a torch
-    without these private names, the public apply runs. tests/plugins/test_models.py checks
-    both paths against it.
+    tensor and has no defaults): the tensor is unwrapped (one that escaped a finished transform;
+    ≈ 0.2 µs) and the C++ apply called directly. Under vmap or grad (the vectorized launcher's
+    vmap path), under ``torch.compile`` (which traces the public apply), or on a torch without
+    these private names, the public apply runs. tests/plugins/test_models.py checks both paths
+    against it.
     """
     c_apply = vars(getattr(torch._C, "_FunctionBase", object)).get("apply")
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)

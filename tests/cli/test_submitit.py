@@ -198,12 +198,13 @@ def sweep_processes(sweep_dir: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str, env: dict | None = None):
-    """``python -m framework -m LOCAL ARGS`` in its own process group, as from a terminal of its
-    own (:func:`ended_sweep` reads its outputs). If the test fails while the sweep runs, the
+def sweep_in_its_own_group(tmp_path: Path, sweep_dir: Path, *args: str, env: dict | None = None,
+                           launcher: str = LOCAL):
+    """``python -m framework -m LAUNCHER ARGS`` in its own process group, as from a terminal of
+    its own (:func:`ended_sweep` reads its outputs). If the test fails while the sweep runs, the
     group is killed, and any process of the sweep's jobs that left it: no job is left training."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "framework", "-m", LOCAL, *args, f"hydra.sweep.dir={sweep_dir}"],
+        [sys.executable, "-m", "framework", "-m", launcher, *args, f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )

@@ -31,6 +31,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_COMPONENTS_ENV, DISABLE_PLUGINS_ENV
+from tests import fake_slurm
 from tests.conftest import REPO_ROOT, cli_env
 
 README = REPO_ROOT / "README.md"
@@ -138,8 +139,13 @@ def run_readme_command(command: str, cwd: Path, earlier: list[Ran]) -> Ran:
         words = [sys.executable, "-m", "framework", *words[1:]]
     before = set(run_folders(cwd))
     # Installed third-party plugins stay out, whatever the developer's shell disables.
-    env = cli_env({DISABLE_AUTOLOAD_ENV: "1", DISABLE_PLUGINS_ENV: "", DISABLE_COMPONENTS_ENV: ""})
-    completed = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    env = cli_env({DISABLE_AUTOLOAD_ENV: "1", DISABLE_PLUGINS_ENV: "", DISABLE_COMPONENTS_ENV: "",
+                   **CLUSTERS.get(command, lambda folder: {})(cwd)})
+    try:
+        completed = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    finally:
+        if "FAKE_SLURM_DIR" in env:
+            fake_slurm.end_all(Path(env["FAKE_SLURM_DIR"]))
     files = {path.relative_to(cwd).as_posix() for path in cwd.rglob("*") if path.is_file()}
     return Ran(command, completed, cwd, before, run_folders(cwd), files, list(earlier))
 
@@ -363,6 +369,23 @@ def check_submitit_local_sweep(ran: Ran) -> None:
     assert {row["job"] for row in summary_rows(folder)} == set(results)
 
 
+def check_submitit_slurm_sweep(ran: Ran) -> None:
+    """On a stand-in for a one-node SLURM cluster (tests/fake_slurm.py, CLUSTERS): the four jobs
+    go in one sbatch, an array with the command's partition and time limit; each trains in its
+    own folder with result.json and a TensorBoard run; the summary lists them."""
+    succeeded(ran)
+    folder = sweep_folder(ran)
+    assert "Submitit 'slurm' sweep output dir" in ran.output
+    (script,) = [path.read_text() for path in folder.glob(".submitit/*/*_submission.sh")]
+    assert all(line in script for line in ("#SBATCH --array=0-3%", "#SBATCH --partition=PARTITION",
+                                           "#SBATCH --time=60", "\nsrun ")), script
+    results = {path.parent.name: json.loads(path.read_text()) for path in folder.glob("*/result.json")}
+    assert set(results) == {f"optimizer={name},optimizer.lr={lr}" for name in ("adam", "nadam") for lr in ("0.01", "0.1")}
+    assert all((result["status"], result["steps"]) == ("completed", 1000) for result in results.values())
+    assert all(list((folder / job).glob("events.out.tfevents.*")) for job in results)
+    assert {row["job"] for row in summary_rows(folder)} == set(results)
+
+
 def check_submitit_local_ddp_sweep(ran: Ran) -> None:
     """A sweep whose jobs are 2-process DDP jobs: each job's two submitit tasks train one model
     into one folder, and the update is the single-process one (the README's polyfit figures)."""
@@ -562,6 +585,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
         check_joblib_sweep,
     OPTUNA_SWEEP: check_optuna_sweep,
     SUBMITIT_LOCAL: check_submitit_local_sweep,
+    SUBMITIT_SLURM: check_submitit_slurm_sweep,
     SUBMITIT_LOCAL_DDP: check_submitit_local_ddp_sweep,
     CHECKPOINTS: check_checkpoint_every,
     RESUME: check_resume,
@@ -574,7 +598,6 @@ SERVES_TENSORBOARD = ("serves TensorBoard until stopped; tests/cli/test_tensorbo
 SKIPPED = {
     "tensorboard --logdir 'multirun/<date>/<time>'": SERVES_TENSORBOARD,
     "tensorboard --logdir outputs": SERVES_TENSORBOARD,
-    SUBMITIT_SLURM: "needs a SLURM cluster; tests/cli/test_submitit.py runs the same launcher's local mode",
     SUBMITIT_SLURM_DDP: "needs a SLURM cluster with GPUs; tests/cli/test_submitit.py runs jobs of 2 tasks locally",
 }
 
@@ -583,8 +606,19 @@ CHAINS = [[CHECKPOINTS, RESUME, RESUME_LONGER, WARM_START]]
 
 PREPARE: dict[str, Callable[[Path], None]] = {OWN_CSV: write_my_csv}
 
+
+def fake_slurm_cluster(cwd: Path) -> dict[str, str]:
+    """The environment that runs a command on tests/fake_slurm.py's one-node SLURM (its files
+    beside ``cwd``)."""
+    cluster = cwd.parent / f"{cwd.name}_cluster"
+    return fake_slurm.install(cluster / "bin", cluster / "state")
+
+
+# Commands run with a cluster's commands on the PATH.
+CLUSTERS: dict[str, Callable[[Path], dict[str, str]]] = {SUBMITIT_SLURM: fake_slurm_cluster}
+
 # Rough relative run times, so the longest chains start first.
-COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, SUBMITIT_LOCAL: 2, SUBMITIT_LOCAL_DDP: 3, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
+COST = {OPTUNA_SWEEP: 5, GRID_SWEEP: 3, SUBMITIT_LOCAL: 2, SUBMITIT_SLURM: 3, SUBMITIT_LOCAL_DDP: 3, RESUME_LONGER: 2, GAP_SWEEP: 2, VAL_EARLY_STOPPING: 2}
 
 
 # --------------------------------------------------------------------------------------------

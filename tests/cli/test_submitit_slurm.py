@@ -1,0 +1,177 @@
+"""End to end: sweeps through Hydra's submitit launcher for SLURM (``hydra/launcher=submitit_slurm``)
+on a stand-in for a one-node cluster (:mod:`tests.fake_slurm`: ``sbatch``, ``srun``, ``sacct``,
+``scancel`` and ``scontrol`` that do on this machine what SLURM does with what submitit gives
+them). What runs is submitit's SLURM executor as on a cluster: its batch script, its job arrays,
+its ``srun`` tasks reading SLURM's variables, its ``sacct`` polls and its ``scontrol requeue``
+(issue 11, point 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import fake_slurm
+from tests.cli.test_submitit import (
+    ended_sweep,
+    no_other_run_folders,
+    plain_linear,
+    sweep_in_its_own_group,
+    sweep_result,
+    wait_until_training,
+)
+from tests.cli.test_sweeps import Sweep
+from tests.conftest import cli_env, run_cli
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+SLURM = "hydra/launcher=submitit_slurm"
+STEPS = 20
+
+
+@contextlib.contextmanager
+def fake_cluster(tmp_path: Path):
+    """The environment that puts the fake cluster's commands first on the PATH (its files in
+    ``tmp_path/cluster``), and the folder to run the sweep from (``tmp_path/work``); every job
+    the cluster started is killed when the test ends."""
+    state = tmp_path / "cluster" / "state"
+    (tmp_path / "work").mkdir()
+    try:
+        yield fake_slurm.install(tmp_path / "cluster" / "bin", state), tmp_path / "work"
+    finally:
+        fake_slurm.end_all(state)
+
+
+def slurm(env: dict, *args: str) -> None:
+    """One of the fake cluster's commands, as a user types it."""
+    subprocess.run(list(args), env=cli_env(env), check=True, timeout=60)
+
+
+def submitted_jobs(state: Path) -> dict[str, dict]:
+    """{SLURM job id (``A_a`` for an array's task): what the fake cluster knows of it}."""
+    return {path.stem: json.loads(path.read_text()) for path in state.glob("*.json")}
+
+
+def test_a_sweep_runs_as_a_job_array_each_job_in_its_own_folder(tmp_path):
+    """Two jobs: one sbatch of a two-task array, with the launcher's settings as #SBATCH lines;
+    each array task's srun starts the job's process, which knows itself as that task, trains in
+    its own folder, gets the plain loop's parameters, and writes result.json and TensorBoard; the
+    summary lists both."""
+    with fake_cluster(tmp_path) as (env, work):
+        sweep_dir = work / "sweep"
+        ran = run_cli("-m", SLURM, "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5",
+                      "+task=linear", f"trainer.max_steps={STEPS}", "optimizer.lr=0.001,0.01",
+                      f"hydra.sweep.dir={sweep_dir}", cwd=work, env=env)
+        sweep = Sweep(ran, sweep_dir)
+        assert ran.returncode == 0, sweep.describe()
+        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    no_other_run_folders(sweep, work)
+    assert sorted(jobs) == ["1001_0", "1001_1"], jobs  # one array: one sbatch
+    script = Path(jobs["1001_0"]["script"]).read_text()
+    for line in ("#SBATCH --array=0-1%", "#SBATCH --partition=debug", "#SBATCH --time=5",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --signal=USR2@", "export SUBMITIT_EXECUTOR=slurm\nsrun "):
+        assert line in script, script
+
+    for index, lr in enumerate((0.001, 0.01)):
+        folder = sweep_dir / f"optimizer.lr={lr}"
+        result = sweep.result(folder.name)
+        params, final_loss = plain_linear(lr, STEPS)
+        assert (result["status"], result["steps"], result["params"]) == ("completed", STEPS, params), result
+        assert result["final_loss"] == pytest.approx(final_loss, rel=1e-6)
+        assert list(folder.glob("events.out.tfevents.*")), folder
+        # The job's process ran as the array's task `index` (submitit read SLURM's variables).
+        task_log = (sweep_dir / ".submitit" / f"1001_{index}" / f"1001_{index}_0_log.out").read_text()
+        assert f"JobEnvironment(job_id=1001_{index}," in task_log and "global_rank=0(1)" in task_log, task_log
+        assert f"lr={lr}" in (folder / ".hydra" / "overrides.yaml").read_text()
+    assert {row["job"]: row["status"] for row in sweep.summary_rows()} == {
+        "optimizer.lr=0.001": "completed", "optimizer.lr=0.01": "completed"}
+
+
+def test_a_job_of_two_tasks_trains_one_model_with_ddp(tmp_path):
+    """One job (a plain sbatch, no array) of two srun tasks, ``trainer.strategy=ddp``: the tasks
+    join one gloo group from SLURM's variables, train the full batch split between them, and rank
+    0 writes the one run folder; the parameters are the single-process loop's."""
+    with fake_cluster(tmp_path) as (env, work):
+        sweep_dir = work / "sweep"
+        ran = run_cli("-m", SLURM, "hydra.launcher.tasks_per_node=2", "trainer.strategy=ddp",
+                      "+task=linear", f"trainer.max_steps={STEPS}", "optimizer.lr=0.01",
+                      f"hydra.sweep.dir={sweep_dir}", cwd=work, env=env)
+        sweep = Sweep(ran, sweep_dir)
+        assert ran.returncode == 0, sweep.describe()
+        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    assert list(jobs) == ["1001"] and "--array" not in Path(jobs["1001"]["script"]).read_text(), jobs
+    assert "#SBATCH --ntasks-per-node=2" in Path(jobs["1001"]["script"]).read_text()
+    no_other_run_folders(sweep, work)
+    (folder,) = [path for path in sweep.job_dirs().values() if path.name != ".submitit"]
+    log = (folder / "framework.log").read_text()
+    assert "data-parallel training over 2 processes (gloo)" in log, log
+    task_logs = [(sweep_dir / ".submitit" / "1001" / f"1001_{rank}_log.out").read_text() for rank in (0, 1)]
+    for rank, task_log in enumerate(task_logs):
+        assert f"global_rank={rank}(2)" in task_log, task_log
+    result = sweep.result(folder.name)
+    params, final_loss = plain_linear(0.01, STEPS)
+    assert (result["status"], result["steps"]) == ("completed", STEPS), result
+    # Each rank's two rows' gradient, averaged by DDP: the full batch's, up to rounding.
+    assert result["params"].keys() == params.keys()
+    for name, value in params.items():
+        torch.testing.assert_close(torch.tensor(result["params"][name]), torch.tensor(value), rtol=1e-5, atol=0)
+    assert result["final_loss"] == pytest.approx(final_loss, rel=1e-5)
+    assert [row["status"] for row in sweep.summary_rows()] == ["completed"]
+
+
+# Seconds of training: the warning, sent once the job has logged its first step, reaches it
+# under way.
+REQUEUED_STEPS = 20_000
+REQUEUED_LR = 1e-5  # far from converged after REQUEUED_STEPS: the parameters show every step
+
+
+def test_the_schedulers_warning_requeues_the_job_and_a_cancelled_job_stops_cleanly(tmp_path):
+    """SLURM's warning before a time limit (``scancel --signal=USR2``, what ``--signal=USR2@120``
+    sends) stops that job with a checkpoint; submitit's ``scontrol requeue`` ends it (SIGTERM to
+    its processes, as SLURM does) and SLURM runs it again, and it resumes from that checkpoint
+    and ends as the plain loop's uninterrupted run, bit for bit. Then ``scancel`` of the other
+    job (SIGTERM to all its processes) stops it with a checkpoint and an interrupted result.json;
+    the sweep summarises both."""
+    sweep_dir = tmp_path / "work" / "sweep"
+    warned = sweep_dir / f"trainer.max_steps={REQUEUED_STEPS}"
+    cancelled = sweep_dir / "trainer.max_steps=1000000000"
+    with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
+            work, sweep_dir, "+task=linear", f"optimizer.lr={REQUEUED_LR}",
+            f"trainer.max_steps={REQUEUED_STEPS},1000000000", env=env, launcher=SLURM) as process:
+        deadline = time.monotonic() + 240
+        wait_until_training(process, [warned, cancelled], deadline)
+        slurm(env, "scancel", "--signal=USR2", "1001_0")
+        while sweep_result(warned)["status"] != "completed":
+            assert process.poll() is None and time.monotonic() < deadline, "the warned job did not end"
+            time.sleep(0.2)
+        cancelled_was_running = not (cancelled / "result.json").exists()
+        slurm(env, "scancel", "1001_1")
+        sweep = ended_sweep(process, sweep_dir, timeout=120)
+        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    assert cancelled_was_running, sweep.describe()
+    assert jobs["1001_0"]["restarts"] == 1 and jobs["1001_1"]["state"] == "CANCELLED", jobs
+
+    log = (warned / "framework.log").read_text()
+    stopped_at = re.search(r"resumed from \S+step_(\d+)\.pt at step (\d+)", log)
+    assert stopped_at and 0 < int(stopped_at[2]) < REQUEUED_STEPS, log[-3000:]
+    assert int(stopped_at[1]) == int(stopped_at[2])
+    assert "requeueing the job" in log and "this job was requeued" in log, log[-3000:]
+    result = sweep.result(warned.name)
+    params, _ = plain_linear(REQUEUED_LR, REQUEUED_STEPS)
+    assert (result["status"], result["steps"], result["params"]) == ("completed", REQUEUED_STEPS, params), result
+
+    result = sweep.result(cancelled.name)
+    assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), result
+    saved = sorted((cancelled / "checkpoints").glob("step_*.pt"))
+    assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
+    rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
+    assert rows == {warned.name: "completed", cancelled.name: "interrupted"}, (rows, sweep.describe())
+    assert "Traceback" not in sweep.output, sweep.describe()

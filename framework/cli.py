@@ -23,7 +23,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import distributed, job_runs, schema_cache, sweep_configs
-from framework.cluster import job_lost, requeue_job, resume_if_requeued, start_task, wait_for_local_jobs, warned
+from framework.cluster import (
+    in_submitit_job,
+    job_lost,
+    requeue_job,
+    resume_if_requeued,
+    start_task,
+    wait_for_local_jobs,
+    warned,
+)
 from framework.console import stop_writing_to
 from framework.eager_optimizers import skip_dynamo_import
 from framework.error_messages import FULL_ERROR_ENV, describe_error
@@ -116,8 +124,11 @@ def run_command_line() -> None:
                     return math.inf
                 # The job saved what it had, or, stopped before its fit, wrote that it was
                 # interrupted; the sweep ends once the other running jobs have (a parallel
-                # launcher would break its pool if the interrupt reached it).
-                mark_interrupted(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
+                # launcher would break its pool if the interrupt reached it). Not a submitit
+                # job's signal: it was for that job alone (scancel, the scheduler), or the sweep's
+                # own process got it too and marked the sweep; the jobs that start later run.
+                if not in_submitit_job():
+                    mark_interrupted(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
                 return math.inf
             except Exception as error:
                 report_job_failure(error, on_console=multirun)

@@ -24,7 +24,9 @@ config). Here, before the fit:
   step 0. A job submitit does not requeue (requeued too often) stays interrupted, and only that
   job: a warning is the scheduler's word on one job, not the user's on the sweep.
 - The TensorBoard logger's figure writer is waited for when the task exits (the scheduler ends
-  a job's leftover processes: plugins/_figure_writer.py).
+  a job's leftover processes: plugins/_figure_writer.py), and before the job is requeued (SLURM
+  ends all of them once it is: plugins/tensorboard_logger.py). It ignores the warning, which
+  SLURM sends to every process of the job's step.
 - ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
   (SLURM reserves that many cores; submitit_local does not pin, so this is how its parallel
   jobs share the cores).
@@ -169,6 +171,8 @@ def requeue_job(run_dir: Path) -> None:
         _warning.requeue(_warning.signum, None)
     except UncompletedJobError as error:
         log.warning("the job ends interrupted: submitit does not requeue it (%s)", error)
+    except (subprocess.SubprocessError, OSError) as error:  # scontrol refused (a job sbatch --no-requeue)
+        log.warning("the job ends interrupted: the scheduler did not requeue it (%s)", error)
 
 
 def resume_if_requeued(cfg: DictConfig) -> None:

@@ -213,10 +213,14 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
 
 
 class SweepFailed(TrainingError):
-    def __init__(self, failed: int, total: int, sweep_dir: Path) -> None:
+    def __init__(self, failed: int, total: int, sweep_dir: Path, interrupted: int = 0) -> None:
+        what = [f"{failed} of {total} jobs failed"] if failed else []
+        if interrupted:  # a signal to those jobs alone (a cluster's scancel), not to the sweep
+            what.append(f"{interrupted} of {total} jobs were stopped by a signal of their own (each one's log "
+                        "says how to resume it)")
         super().__init__(
-            f"{failed} of {total} jobs failed; every job ran to its end, and the errors are "
-            f"listed above and in {sweep_dir}/summary.md"
+            f"{'; '.join(what)}; every other job ran to its end, and the jobs are listed above and in "
+            f"{sweep_dir}/summary.md"
         )
 
 
@@ -264,5 +268,7 @@ class SweepSummary(Callback):
         print_quietly(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
         print_quietly(text, end="")
         failed = [row for row in rows if row["status"] not in ("completed", "interrupted")]
-        if failed:
-            cls.failure = SweepFailed(len(failed), len(rows), sweep_dir)
+        # Jobs interrupted while the sweep was not: stopped one by one (a cluster job's scancel).
+        stopped = [row for row in rows if row["status"] == "interrupted"] if cls.interrupted is None else []
+        if failed or stopped:
+            cls.failure = SweepFailed(len(failed), len(rows), sweep_dir, interrupted=len(stopped))

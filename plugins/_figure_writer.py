@@ -189,8 +189,11 @@ class Folder:
 
 def serve() -> None:
     """Read requests from stdin until it closes; draw and write them in order."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The training process stops on these and closes the pipe; the writer then finishes. SLURM
+    # sends its warning before a time limit (USR2 for submitit, or USR1) to every process of a
+    # job's step, the writer included.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     # Background work: where the cores are busy, the training process (and the user's next
     # run) goes first. Measured with 2 cores under load, the writer at the default priority
     # stretched the training process by its own CPU time (≈ 1 s of imports).

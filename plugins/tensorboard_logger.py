@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
+from framework.cluster import warned
 from framework_plugins._event_files import (
     use_native_checksums,
     wait_until_a_new_file_sorts_last,
@@ -239,6 +240,10 @@ class TensorBoardLogger:
             self.writer.close()  # flushes: points logged before a failure are kept
             if self.figures_opened:
                 self.figures.close(self.run_dir)  # the figure writer finishes this folder
+                if warned():
+                    # The scheduler's warning stopped the fit: the job is requeued next, and
+                    # SLURM then ends every process of the job, the figure writer with it.
+                    wait_for_figures(self.run_dir)
 
     def _figure(self, state, step, title):
         from framework_plugins._figures import fit_points

@@ -12,14 +12,18 @@ gives it, on this machine:
   folder exists (submitit makes it after sbatch answers).
 - ``srun [OPTIONS] COMMAND`` (inside the script): starts ``SLURM_NTASKS`` copies of COMMAND with
   ``SLURM_PROCID``, ``SLURM_LOCALID`` and ``SLURM_NODEID``, their output in the files its
-  ``--output``/``--error`` patterns name (``%A %a %j %t %%``), and passes on the signals it gets.
+  ``--output``/``--error`` patterns name (``%A %a %j %t %%``). As SLURM's srun, it answers its
+  own SIGTERM, SIGHUP or SIGQUIT with SIGKILL to the tasks ("forcing job termination"), passes
+  SIGUSR1 and SIGUSR2 on, and does not pass on SIGINT or SIGCONT.
 - ``sacct -o JobID,State,NodeList --parsable2 -j ID``: the job's state, or each array task's
-  (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED).
-- ``scancel [--signal=SIG] ID``: with a signal, sends it to the job's steps (srun passes it to
-  the tasks; the batch script is left alone, as SLURM does); without, cancels the job (SIGTERM to
-  all its processes, SIGKILL after the grace time).
-- ``scontrol requeue ID``: ends the running job as SLURM does (SIGTERM to all its processes,
-  SIGKILL after the grace time) and runs its script again, with ``SLURM_RESTART_COUNT``.
+  (PENDING, RUNNING, COMPLETED, FAILED, ``CANCELLED by 0``).
+- ``scancel [--signal=SIG] ID``: with a signal, sends it to every process of the job's step
+  (the tasks and what they started; not the batch script or srun, as SLURM without ``--batch``);
+  without, cancels the job: SIGCONT and SIGTERM to all its processes (srun then kills the
+  tasks), SIGKILL after the grace time.
+- ``scontrol requeue ID``: ends the running job as a cancel does, and once its processes are
+  all gone runs its script again, with ``SLURM_RESTART_COUNT``; refused (exit 1) for a job
+  submitted with ``--no-requeue``.
 
 The state lives in the folder ``FAKE_SLURM_DIR``: one JSON file per job or array task. Only one node:
 ``--nodes`` above 1 is refused. What it cannot tell: how a real cluster schedules, its accounting
@@ -40,7 +44,9 @@ import time
 from pathlib import Path
 
 COMMANDS = ("sbatch", "srun", "sacct", "scontrol", "scancel")
-GRACE_S = 5.0  # SLURM's KillWait (30 s by default): SIGTERM, then SIGKILL this much later
+# SLURM's KillWait (30 s by default): SIGTERM, then SIGKILL this much later.
+KILL_WAIT_ENV = "FAKE_SLURM_KILL_WAIT"
+DEFAULT_KILL_WAIT_S = 5.0
 NODE = "localhost"
 
 
@@ -192,8 +198,10 @@ def run_batch_job(job_id: str) -> int:
         task = read_task(job_id)
         if task.get("requeue"):
             task = update_task(job_id, state="PENDING", requeue=False, restarts=task["restarts"] + 1)
+            while process_group_alive(batch.pid):  # SLURM starts it again once the job's processes are gone
+                time.sleep(0.1)
             continue
-        if task.get("state") != "CANCELLED":
+        if not task.get("state", "").startswith("CANCELLED"):
             update_task(job_id, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
         return 0
 
@@ -208,10 +216,19 @@ def end_job(job_id: str) -> None:
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def end_process_group(pgid: int) -> None:
     try:
+        os.killpg(pgid, signal.SIGCONT)
         os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_S
+        deadline = time.monotonic() + float(os.environ.get(KILL_WAIT_ENV, DEFAULT_KILL_WAIT_S))
         while time.monotonic() < deadline:
             time.sleep(0.1)
             os.killpg(pgid, 0)
@@ -268,8 +285,16 @@ def srun(args: list[str]) -> int:
             if process.poll() is None:
                 process.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT):
+    def force_termination(signum, frame):
+        print("srun: forcing job termination", file=sys.stderr)
+        pass_on(signal.SIGKILL, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, force_termination)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, pass_on)
+    for signum in (signal.SIGINT, signal.SIGCONT):  # srun reports its tasks' state on a first Ctrl-C
+        signal.signal(signum, lambda signum, frame: None)
     codes = [process.wait() for process in processes]
     failed = [code for code in codes if code != 0]
     if not failed:
@@ -306,16 +331,36 @@ def scancel(args: list[str]) -> int:
             task = read_task(task_id)
             if signame is None:
                 if task["state"] in ("PENDING", "RUNNING"):
-                    update_task(task_id, state="CANCELLED")
+                    update_task(task_id, state="CANCELLED by 0")
                     end_job(task_id)
                 continue
             signum = getattr(signal, signame if signame.startswith("SIG") else f"SIG{signame}")
-            for pid in task.get("srun_pids", []):
+            for pid in [pid for srun_pid in task.get("srun_pids", []) for pid in descendants(srun_pid)]:
                 try:
                     os.kill(pid, signum)
                 except ProcessLookupError:
                     pass
     return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, by their children, and so on (not ``pid`` itself)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The field after the command's closing parenthesis: state, then the parent's pid.
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, []))
+    return found
 
 
 def scontrol(args: list[str]) -> int:
@@ -324,6 +369,9 @@ def scontrol(args: list[str]) -> int:
         return 1
     for job_id in args[1:]:
         for task_id in tasks_of(job_id):
+            if "no-requeue" in read_task(task_id)["options"]:
+                print(f"Requested operation is presently disabled for job {task_id}", file=sys.stderr)
+                return 1
             update_task(task_id, requeue=True)
             end_job(task_id)
     return 0

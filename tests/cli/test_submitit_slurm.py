@@ -30,6 +30,7 @@ from tests.cli.test_submitit import (
 )
 from tests.cli.test_sweeps import Sweep
 from tests.conftest import cli_env, run_cli
+from tests.framework.compare import events
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -133,31 +134,37 @@ REQUEUED_STEPS = 20_000
 REQUEUED_LR = 1e-5  # far from converged after REQUEUED_STEPS: the parameters show every step
 
 
-def test_the_schedulers_warning_requeues_the_job_and_a_cancelled_job_stops_cleanly(tmp_path):
+def test_the_schedulers_warning_requeues_the_job_and_scancel_signal_term_stops_one_cleanly(tmp_path):
     """SLURM's warning before a time limit (``scancel --signal=USR2``, what ``--signal=USR2@120``
-    sends) stops that job with a checkpoint; submitit's ``scontrol requeue`` ends it (SIGTERM to
-    its processes, as SLURM does) and SLURM runs it again, and it resumes from that checkpoint
-    and ends as the plain loop's uninterrupted run, bit for bit. Then ``scancel`` of the other
-    job (SIGTERM to all its processes) stops it with a checkpoint and an interrupted result.json;
-    the sweep summarises both."""
+    sends: to every process of the job's step) stops that job with a checkpoint, and its figures
+    are written; submitit's ``scontrol requeue`` ends the job (SIGTERM to its processes, srun
+    kills its tasks) and SLURM runs it again, and it resumes from that checkpoint and ends as the
+    plain loop's uninterrupted run, bit for bit. ``scancel --signal=TERM`` of the other job (to
+    its tasks) stops it with a checkpoint and an interrupted result.json; the sweep summarises
+    both and exits 5, one job not having completed (the sweep itself was not interrupted)."""
     sweep_dir = tmp_path / "work" / "sweep"
     warned = sweep_dir / f"trainer.max_steps={REQUEUED_STEPS}"
-    cancelled = sweep_dir / "trainer.max_steps=1000000000"
+    stopped = sweep_dir / "trainer.max_steps=1000000000"
     with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
             work, sweep_dir, "+task=linear", f"optimizer.lr={REQUEUED_LR}",
-            f"trainer.max_steps={REQUEUED_STEPS},1000000000", env=env, launcher=SLURM) as process:
+            f"trainer.max_steps={REQUEUED_STEPS},1000000000",
+            env={**env, fake_slurm.KILL_WAIT_ENV: "0.2"}, launcher=SLURM) as process:
         deadline = time.monotonic() + 240
-        wait_until_training(process, [warned, cancelled], deadline)
+        wait_until_training(process, [warned, stopped], deadline)
         slurm(env, "scancel", "--signal=USR2", "1001_0")
         while sweep_result(warned)["status"] != "completed":
             assert process.poll() is None and time.monotonic() < deadline, "the warned job did not end"
             time.sleep(0.2)
-        cancelled_was_running = not (cancelled / "result.json").exists()
-        slurm(env, "scancel", "1001_1")
+        stopped_was_running = not (stopped / "result.json").exists()
+        slurm(env, "scancel", "--signal=TERM", "1001_1")
         sweep = ended_sweep(process, sweep_dir, timeout=120)
         jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
-    assert cancelled_was_running, sweep.describe()
-    assert jobs["1001_0"]["restarts"] == 1 and jobs["1001_1"]["state"] == "CANCELLED", jobs
+    assert stopped_was_running, sweep.describe()
+    # The signal was for that job alone: the sweep was not interrupted, one of its jobs was.
+    assert sweep.returncode == 5, sweep.describe()
+    assert "1 of 2 jobs were stopped by a signal of their own" in sweep.stderr, sweep.describe()
+    assert not (sweep_dir / ".interrupted").exists()
+    assert jobs["1001_0"]["restarts"] == 1 and jobs["1001_1"]["restarts"] == 0, jobs
 
     log = (warned / "framework.log").read_text()
     stopped_at = re.search(r"resumed from \S+step_(\d+)\.pt at step (\d+)", log)
@@ -167,11 +174,48 @@ def test_the_schedulers_warning_requeues_the_job_and_a_cancelled_job_stops_clean
     result = sweep.result(warned.name)
     params, _ = plain_linear(REQUEUED_LR, REQUEUED_STEPS)
     assert (result["status"], result["steps"], result["params"]) == ("completed", REQUEUED_STEPS, params), result
+    # The interrupted fit's loss figure, written before the requeue ended the job's processes
+    # (a KillWait of 0.2 s leaves the figure writer no time after), and the resumed fit's.
+    drawn = [image.step for image in events(warned).Images("fit/loss")]
+    assert sorted(drawn) == [int(stopped_at[2]), REQUEUED_STEPS], drawn
 
-    result = sweep.result(cancelled.name)
+    result = sweep.result(stopped.name)
     assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), result
-    saved = sorted((cancelled / "checkpoints").glob("step_*.pt"))
+    saved = sorted((stopped / "checkpoints").glob("step_*.pt"))
     assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
     rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
-    assert rows == {warned.name: "completed", cancelled.name: "interrupted"}, (rows, sweep.describe())
+    assert rows == {warned.name: "completed", stopped.name: "interrupted"}, (rows, sweep.describe())
     assert "Traceback" not in sweep.output, sweep.describe()
+
+
+def test_a_job_slurm_will_not_requeue_ends_interrupted_and_a_cancelled_job_is_lost(tmp_path):
+    """Jobs submitted with ``--no-requeue``: after the warning, the job saves, ``scontrol
+    requeue`` is refused, and the job ends interrupted with its checkpoint, without a traceback.
+    A plain ``scancel`` ends the other job's processes (srun answers SIGTERM with SIGKILL): it
+    leaves no result, and the sweep lists it as failed and exits 5."""
+    sweep_dir = tmp_path / "work" / "sweep"
+    warned, cancelled = sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=1000000001"
+    with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
+            work, sweep_dir, "+hydra.launcher.additional_parameters={no-requeue:true}", "+task=linear",
+            "trainer.max_steps=1000000000,1000000001", env=env, launcher=SLURM) as process:
+        deadline = time.monotonic() + 240
+        wait_until_training(process, [warned, cancelled], deadline)
+        slurm(env, "scancel", "--signal=USR2", "1001_0")
+        while sweep_result(warned)["status"] != "interrupted":
+            assert process.poll() is None and time.monotonic() < deadline, "the warned job did not stop"
+            time.sleep(0.2)
+        slurm(env, "scancel", "1001_1")
+        sweep = ended_sweep(process, sweep_dir, timeout=120)
+        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    assert "#SBATCH --no-requeue" in Path(jobs["1001_0"]["script"]).read_text()
+    assert jobs["1001_0"]["restarts"] == 0 and jobs["1001_1"]["state"].startswith("CANCELLED"), jobs
+    assert sweep.returncode == 5, sweep.describe()
+    assert "error: a job ended without a result" in sweep.stderr and "Traceback" not in sweep.output, sweep.describe()
+    assert "the scheduler did not requeue it" in (warned / "framework.log").read_text()
+    result = sweep.result(warned.name)
+    assert result["status"] == "interrupted", result
+    saved = sorted((warned / "checkpoints").glob("step_*.pt"))
+    assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
+    assert sweep_result(cancelled)["status"] != "interrupted"  # killed: no last save
+    rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
+    assert rows == {warned.name: "interrupted", cancelled.name: "failed"}, (rows, sweep.describe())

@@ -28,6 +28,7 @@ from framework.cluster import (
     job_lost,
     requeue_job,
     resume_if_requeued,
+    slurm_job_ids,
     start_task,
     wait_for_local_jobs,
     warned,
@@ -75,7 +76,7 @@ def run_command_line() -> None:
     # folder keeps the record.
     logging.raiseExceptions = False
     SweepSummary.failure = SweepSummary.interrupted = SweepSummary.sweep_dir = None
-    SweepSummary.summarised = False
+    SweepSummary.summarised = SweepSummary.on_a_cluster = False
     jobs_started: list[bool] = []  # until a job's task function runs, no run folder says anything
     try:
         for signum in handled_signals():  # a fit turns them into a clean stop
@@ -201,13 +202,16 @@ def ctrl_c_only_while_working():
 def cut_short(error: BaseException) -> None:
     """A sweep that Hydra or its launcher ended by an exception: its summary is still written.
     Where the sweep was interrupted (a Ctrl-C that reached a parallel launcher's workers while
-    they started, which breaks its pool), that is what is reported; otherwise ``error`` (a
+    they started, which breaks its pool), that is what is reported; on a SLURM cluster, that this
+    process stopped watching jobs that run on (:func:`stop_watching`); otherwise ``error`` (a
     submitit job that was killed, once the other local jobs have ended)."""
     sweep_dir = SweepSummary.sweep_dir
     if sweep_dir is None:
         if SweepSummary.summarised and isinstance(error, KeyboardInterrupt):
             return  # a Ctrl-C after the sweep ended and its summary was written: nothing to stop
         raise error
+    if SweepSummary.on_a_cluster and isinstance(error, KeyboardInterrupt):
+        stop_watching(sweep_dir, getattr(error, "signal", signal.SIGINT))
     lost = job_lost(error, sweep_dir)
     if lost is not None:  # a killed job: the others run on, and the summary waits for them
         wait_for_local_jobs()
@@ -220,6 +224,18 @@ def cut_short(error: BaseException) -> None:
     if signum is None:
         raise error
     # main() reports the interruption as for any interrupted sweep.
+
+
+def stop_watching(sweep_dir: Path, signum: int) -> None:
+    """A Ctrl-C or SIGTERM to the process of a sweep whose jobs run on a SLURM cluster: they are
+    the cluster's and run on; this process writes the summary as the jobs are now, says how to
+    stop them, and ends (exit 128 + the signal)."""
+    SweepSummary.summarise(unwatched=True)
+    jobs = " ".join(slurm_job_ids(sweep_dir)) or "<job id>"
+    print(f"stopped watching the sweep; its jobs go on running on the cluster (their folders are in {sweep_dir}). "
+          f"`scancel --signal=INT {jobs}` stops them, each saving a checkpoint; `scancel {jobs}` ends them at once",
+          file=sys.stderr)
+    raise Interrupted(signum, "stopped watching the sweep")
 
 
 def skip_job(hydra_config) -> None:

@@ -71,6 +71,8 @@ SUBMITIT_EXECUTOR_ENV = "SUBMITIT_EXECUTOR"
 REQUEUED_MARK = "{job_id}_requeued_run"
 # Hydra's launcher for submitit's local mode (hydra/launcher=submitit_local).
 LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+# Hydra's launcher for SLURM (hydra/launcher=submitit_slurm).
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,12 @@ def job_lost(error: BaseException, sweep_dir: Path) -> JobLost | None:
     if not isinstance(error, UncompletedJobError):
         return None
     return JobLost(str(error).strip().splitlines()[0], sweep_dir)
+
+
+def slurm_job_ids(sweep_dir: Path) -> list[str]:
+    """The SLURM jobs (job arrays) of a sweep, from submitit's folders (``.submitit/<id>_<task>``)."""
+    names = [path.name for path in (Path(sweep_dir) / ".submitit").glob("*") if path.is_dir()]
+    return sorted({name.split("_")[0] for name in names if name.split("_")[0].isdigit()}, key=int)
 
 
 def wait_for_local_jobs(poll_s: float = 0.5) -> None:

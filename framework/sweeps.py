@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from framework.cluster import LOCAL_LAUNCHER, keep_local_controllers_from_ctrl_c
+from framework.cluster import LOCAL_LAUNCHER, SLURM_LAUNCHER, keep_local_controllers_from_ctrl_c
 from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
@@ -131,11 +131,12 @@ def interrupted_by(sweep_dir: Path) -> int | None:
 # --------------------------------------------------------------------------------------------
 
 
-def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, Any]]:
+def collect_jobs(sweep_dir: Path, interrupted: bool = False, unwatched: bool = False) -> list[dict[str, Any]]:
     """One row per job folder (a folder with Hydra's .hydra/) under the sweep.
 
     A job that left no result.json failed, or, in an interrupted sweep, did not finish (it may
-    have been stopped before Hydra wrote all its snapshot)."""
+    have been stopped before Hydra wrote all its snapshot), or, in a sweep no longer watched,
+    is still running."""
     rows = []
     for snapshot in sorted(sweep_dir.glob("*/.hydra")):
         job_dir = snapshot.parent
@@ -143,14 +144,15 @@ def collect_jobs(sweep_dir: Path, interrupted: bool = False) -> list[dict[str, A
         overrides = (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else []
         result_file = job_dir / RESULT_FILE
         result = json.loads(result_file.read_text()) if result_file.exists() else {}
-        status = result.get("status", "interrupted" if interrupted else "failed")
+        status = result.get("status", "running" if unwatched else "interrupted" if interrupted else "failed")
         rows.append({
             "job": job_dir.name,
             "status": status,
             "final_loss": result.get("final_loss"),
             "steps": result.get("steps"),
             "wall_s": result.get("wall_s"),
-            "stop_reason": result.get("stop_reason", "unfinished: no result.json" if interrupted else "no result.json"),
+            "stop_reason": result.get("stop_reason", "still running: no result.json yet" if unwatched
+                                      else "unfinished: no result.json" if interrupted else "no result.json"),
             "device": result.get("device"),
             "overrides": " ".join(overrides),
             "error": result.get("error") or "",
@@ -238,22 +240,30 @@ class SweepSummary(Callback):
     interrupted: int | None = None
     sweep_dir: Path | None = None  # of the sweep under way, until its summary is written
     summarised = False  # the sweep has ended, and its summary is written
+    on_a_cluster = False  # its jobs run on a SLURM cluster, which this process watches
     previous_handlers: dict = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         SweepSummary.sweep_dir = sweep_dir
-        if config.hydra.launcher.get("_target_") == LOCAL_LAUNCHER:
+        launcher = config.hydra.launcher.get("_target_")
+        if launcher == LOCAL_LAUNCHER:
             keep_local_controllers_from_ctrl_c()
+        SweepSummary.on_a_cluster = launcher == SLURM_LAUNCHER
+        if SweepSummary.on_a_cluster:
+            # The jobs are the cluster's, and this process only watches them: a Ctrl-C or a
+            # SIGTERM here stops the watch (framework.cli.cut_short), not the jobs.
+            return
         SweepSummary.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         SweepSummary.summarise()
 
     @classmethod
-    def summarise(cls) -> None:
+    def summarise(cls, unwatched: bool = False) -> None:
         """Print and save the table of the sweep's jobs, once: when the sweep ends, or, when it
-        was cut short (a Ctrl-C while the launcher starts its workers), as the CLI ends."""
+        was cut short (a Ctrl-C while the launcher starts its workers), as the CLI ends.
+        ``unwatched``: this process stopped watching jobs that run on (on a cluster)."""
         sweep_dir, cls.sweep_dir = cls.sweep_dir, None
         if sweep_dir is None:
             return
@@ -261,13 +271,13 @@ class SweepSummary(Callback):
         cls.previous_handlers = {}
         cls.summarised = True
         cls.interrupted = interrupted_by(sweep_dir)
-        rows = collect_jobs(sweep_dir, interrupted=cls.interrupted is not None)
+        rows = collect_jobs(sweep_dir, interrupted=cls.interrupted is not None, unwatched=unwatched)
         if not rows and cls.interrupted is None:
             return
         text = write_summary(sweep_dir, rows)
         print_quietly(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
         print_quietly(text, end="")
-        failed = [row for row in rows if row["status"] not in ("completed", "interrupted")]
+        failed = [row for row in rows if row["status"] not in ("completed", "interrupted", "running")]
         # Jobs interrupted while the sweep was not: stopped one by one (a cluster job's scancel).
         stopped = [row for row in rows if row["status"] == "interrupted"] if cls.interrupted is None else []
         if failed or stopped:

@@ -379,6 +379,9 @@ def scontrol(args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
+    # A Ctrl-C to the group of the process that runs a command (submitit's sacct, from the
+    # sweep's process) ends it as it ends SLURM's own commands: at once, without a word.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if command == "_run":
         return run_batch_job(args[0])
     if command == "_end":

@@ -238,6 +238,20 @@ REQUEUED_STEPS = 20_000
 REQUEUED_LR = 1e-5  # far from converged after REQUEUED_STEPS: the parameters show every step
 
 
+def requeued_and_resumed_as_uninterrupted(sweep: Sweep, job: Path, lr: float, steps: int) -> int:
+    """The job was stopped, requeued, resumed from its checkpoint and completed as the plain
+    loop's uninterrupted run, bit for bit; the step it was stopped at."""
+    log = (job / "framework.log").read_text()
+    stopped_at = re.search(r"resumed from \S+step_(\d+)\.pt at step (\d+)", log)
+    assert stopped_at and 0 < int(stopped_at[2]) < steps, log[-3000:]
+    assert int(stopped_at[1]) == int(stopped_at[2])
+    assert "requeueing the job" in log and "this job was requeued" in log, log[-3000:]
+    result = sweep.result(job.name)
+    params, _ = plain_linear(lr, steps)
+    assert (result["status"], result["steps"], result["params"]) == ("completed", steps, params), result
+    return int(stopped_at[2])
+
+
 def test_the_schedulers_warning_requeues_the_job_which_resumes_and_sigterm_stops_the_sweep(tmp_path):
     """The scheduler's warning before a time limit (USR2, to a job's task, as submitit's
     controller sends it) stops that job as SIGTERM does, with a checkpoint; submitit requeues it,
@@ -265,14 +279,7 @@ def test_the_schedulers_warning_requeues_the_job_which_resumes_and_sigterm_stops
     assert endless_was_running, sweep.describe()
     assert sweep.returncode == 128 + signal.SIGTERM, sweep.describe()
 
-    log = (warned / "framework.log").read_text()
-    stopped_at = re.search(r"resumed from \S+step_(\d+)\.pt at step (\d+)", log)
-    assert stopped_at and 0 < int(stopped_at[2]) < REQUEUED_STEPS, log[-3000:]
-    assert int(stopped_at[1]) == int(stopped_at[2])
-    assert "this job was requeued" in log and "requeueing the job" in log, log[-3000:]
-    result = sweep.result(warned.name)
-    params, _ = plain_linear(REQUEUED_LR, REQUEUED_STEPS)
-    assert (result["status"], result["steps"], result["params"]) == ("completed", REQUEUED_STEPS, params), result
+    requeued_and_resumed_as_uninterrupted(sweep, warned, REQUEUED_LR, REQUEUED_STEPS)
 
     result = sweep.result(endless.name)
     assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ from tests.cli.test_submitit import (
     ended_sweep,
     no_other_run_folders,
     plain_linear,
+    requeued_and_resumed_as_uninterrupted,
     sweep_in_its_own_group,
     sweep_result,
     wait_until_training,
@@ -61,20 +62,33 @@ def submitted_jobs(state: Path) -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in state.glob("*.json")}
 
 
+def wait_for_status(job: Path, status: str, deadline: float) -> None:
+    while sweep_result(job)["status"] != status:
+        assert time.monotonic() < deadline, f"{job.name} did not reach {status!r}: {sweep_result(job)}"
+        time.sleep(0.2)
+
+
+def completed_sweep_on_cluster(tmp_path: Path, *args: str) -> tuple[Sweep, dict[str, dict]]:
+    """``python -m framework -m SLURM ARGS`` on the fake cluster, run to its end (exit 0), no run
+    folder but the sweep's; the sweep, and the jobs the cluster ran."""
+    with fake_cluster(tmp_path) as (env, work):
+        sweep_dir = work / "sweep"
+        ran = run_cli("-m", SLURM, *args, f"hydra.sweep.dir={sweep_dir}", cwd=work, env=env)
+        sweep = Sweep(ran, sweep_dir)
+        assert ran.returncode == 0, sweep.describe()
+        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    no_other_run_folders(sweep, work)
+    return sweep, jobs
+
+
 def test_a_sweep_runs_as_a_job_array_each_job_in_its_own_folder(tmp_path):
     """Two jobs: one sbatch of a two-task array, with the launcher's settings as #SBATCH lines;
     each array task's srun starts the job's process, which knows itself as that task, trains in
     its own folder, gets the plain loop's parameters, and writes result.json and TensorBoard; the
     summary lists both."""
-    with fake_cluster(tmp_path) as (env, work):
-        sweep_dir = work / "sweep"
-        ran = run_cli("-m", SLURM, "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5",
-                      "+task=linear", f"trainer.max_steps={STEPS}", "optimizer.lr=0.001,0.01",
-                      f"hydra.sweep.dir={sweep_dir}", cwd=work, env=env)
-        sweep = Sweep(ran, sweep_dir)
-        assert ran.returncode == 0, sweep.describe()
-        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
-    no_other_run_folders(sweep, work)
+    sweep, jobs = completed_sweep_on_cluster(tmp_path, "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5",
+                                             "+task=linear", f"trainer.max_steps={STEPS}", "optimizer.lr=0.001,0.01")
+    sweep_dir = sweep.sweep_dir
     assert sorted(jobs) == ["1001_0", "1001_1"], jobs  # one array: one sbatch
     script = Path(jobs["1001_0"]["script"]).read_text()
     for line in ("#SBATCH --array=0-1%", "#SBATCH --partition=debug", "#SBATCH --time=5",
@@ -100,17 +114,11 @@ def test_a_job_of_two_tasks_trains_one_model_with_ddp(tmp_path):
     """One job (a plain sbatch, no array) of two srun tasks, ``trainer.strategy=ddp``: the tasks
     join one gloo group from SLURM's variables, train the full batch split between them, and rank
     0 writes the one run folder; the parameters are the single-process loop's."""
-    with fake_cluster(tmp_path) as (env, work):
-        sweep_dir = work / "sweep"
-        ran = run_cli("-m", SLURM, "hydra.launcher.tasks_per_node=2", "trainer.strategy=ddp",
-                      "+task=linear", f"trainer.max_steps={STEPS}", "optimizer.lr=0.01",
-                      f"hydra.sweep.dir={sweep_dir}", cwd=work, env=env)
-        sweep = Sweep(ran, sweep_dir)
-        assert ran.returncode == 0, sweep.describe()
-        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    sweep, jobs = completed_sweep_on_cluster(tmp_path, "hydra.launcher.tasks_per_node=2", "trainer.strategy=ddp",
+                                             "+task=linear", f"trainer.max_steps={STEPS}", "optimizer.lr=0.01")
+    sweep_dir = sweep.sweep_dir
     assert list(jobs) == ["1001"] and "--array" not in Path(jobs["1001"]["script"]).read_text(), jobs
     assert "#SBATCH --ntasks-per-node=2" in Path(jobs["1001"]["script"]).read_text()
-    no_other_run_folders(sweep, work)
     (folder,) = [path for path in sweep.job_dirs().values() if path.name != ".submitit"]
     log = (folder / "framework.log").read_text()
     assert "data-parallel training over 2 processes (gloo)" in log, log
@@ -152,9 +160,7 @@ def test_the_schedulers_warning_requeues_the_job_and_scancel_signal_term_stops_o
         deadline = time.monotonic() + 240
         wait_until_training(process, [warned, stopped], deadline)
         slurm(env, "scancel", "--signal=USR2", "1001_0")
-        while sweep_result(warned)["status"] != "completed":
-            assert process.poll() is None and time.monotonic() < deadline, "the warned job did not end"
-            time.sleep(0.2)
+        wait_for_status(warned, "completed", deadline)
         stopped_was_running = not (stopped / "result.json").exists()
         slurm(env, "scancel", "--signal=TERM", "1001_1")
         sweep = ended_sweep(process, sweep_dir, timeout=120)
@@ -166,18 +172,11 @@ def test_the_schedulers_warning_requeues_the_job_and_scancel_signal_term_stops_o
     assert not (sweep_dir / ".interrupted").exists()
     assert jobs["1001_0"]["restarts"] == 1 and jobs["1001_1"]["restarts"] == 0, jobs
 
-    log = (warned / "framework.log").read_text()
-    stopped_at = re.search(r"resumed from \S+step_(\d+)\.pt at step (\d+)", log)
-    assert stopped_at and 0 < int(stopped_at[2]) < REQUEUED_STEPS, log[-3000:]
-    assert int(stopped_at[1]) == int(stopped_at[2])
-    assert "requeueing the job" in log and "this job was requeued" in log, log[-3000:]
-    result = sweep.result(warned.name)
-    params, _ = plain_linear(REQUEUED_LR, REQUEUED_STEPS)
-    assert (result["status"], result["steps"], result["params"]) == ("completed", REQUEUED_STEPS, params), result
+    stopped_at = requeued_and_resumed_as_uninterrupted(sweep, warned, REQUEUED_LR, REQUEUED_STEPS)
     # The interrupted fit's loss figure, written before the requeue ended the job's processes
     # (a KillWait of 0.2 s leaves the figure writer no time after), and the resumed fit's.
     drawn = [image.step for image in events(warned).Images("fit/loss")]
-    assert sorted(drawn) == [int(stopped_at[2]), REQUEUED_STEPS], drawn
+    assert sorted(drawn) == [stopped_at, REQUEUED_STEPS], drawn
 
     result = sweep.result(stopped.name)
     assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGTERM"), result
@@ -201,9 +200,7 @@ def test_a_job_slurm_will_not_requeue_ends_interrupted_and_a_cancelled_job_is_lo
         deadline = time.monotonic() + 240
         wait_until_training(process, [warned, cancelled], deadline)
         slurm(env, "scancel", "--signal=USR2", "1001_0")
-        while sweep_result(warned)["status"] != "interrupted":
-            assert process.poll() is None and time.monotonic() < deadline, "the warned job did not stop"
-            time.sleep(0.2)
+        wait_for_status(warned, "interrupted", deadline)
         slurm(env, "scancel", "1001_1")
         sweep = ended_sweep(process, sweep_dir, timeout=120)
         jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
@@ -219,3 +216,34 @@ def test_a_job_slurm_will_not_requeue_ends_interrupted_and_a_cancelled_job_is_lo
     assert sweep_result(cancelled)["status"] != "interrupted"  # killed: no last save
     rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
     assert rows == {warned.name: "interrupted", cancelled.name: "failed"}, (rows, sweep.describe())
+
+
+def test_ctrl_c_stops_watching_a_cluster_sweep_whose_jobs_run_on(tmp_path):
+    """A Ctrl-C to the sweep's process (its terminal's group): the jobs are the cluster's, and
+    this process only watches them. It writes the summary as the jobs are now (the running one
+    ``running``), names the ``scancel`` that stops them and exits 130 at once, without marking
+    the sweep interrupted; the running job goes on. The ``scancel --signal=INT`` it names then
+    stops that job with a checkpoint."""
+    sweep_dir = tmp_path / "work" / "sweep"
+    endless, short = sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=20"
+    with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
+            work, sweep_dir, "+task=linear", "trainer.max_steps=1000000000,20", env=env, launcher=SLURM) as process:
+        deadline = time.monotonic() + 240
+        wait_until_training(process, [endless], deadline)
+        wait_for_status(short, "completed", deadline)
+        os.killpg(process.pid, signal.SIGINT)
+        sweep = ended_sweep(process, sweep_dir, timeout=60)
+        running_after = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))["1001_0"]["state"]
+        steps_logged = (endless / "framework.log").read_text().count("step ")
+        slurm(env, "scancel", "--signal=INT", "1001")
+        wait_for_status(endless, "interrupted", deadline)
+    assert sweep.returncode == 130, sweep.describe()
+    assert "Traceback" not in sweep.output and "`scancel --signal=INT 1001`" in sweep.stderr, sweep.describe()
+    assert {row["job"]: row["status"] for row in sweep.summary_rows()} == {
+        short.name: "completed", endless.name: "running"}, sweep.describe()
+    assert not (sweep_dir / ".interrupted").exists()
+    assert running_after == "RUNNING" and steps_logged > 0
+    result = sweep.result(endless.name)
+    assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGINT"), result
+    saved = sorted((endless / "checkpoints").glob("step_*.pt"))
+    assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved

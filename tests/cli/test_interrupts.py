@@ -326,5 +326,5 @@ def test_ctrl_c_at_any_moment_of_a_parallel_sweep_writes_its_summary_and_no_trac
         assert f"| {job.parent.name} |" in summary, summary
     for name, result in job_results(sweep_dir).items():  # and says how it ended
         assert re.search(rf"\| {re.escape(name)} \|.*\| {result['status']} \|", summary), summary
-    if process.returncode == 130:
-        assert "| interrupted |" in summary or "|---|\n" == summary[-8:], summary
+    if process.returncode == 130:  # a job says it was interrupted, or none had started (a header alone)
+        assert "| interrupted |" in summary or summary.endswith("|---|\n"), summary

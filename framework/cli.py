@@ -24,12 +24,13 @@ from omegaconf import DictConfig
 
 from framework import distributed, job_runs, schema_cache, sweep_configs
 from framework.cluster import (
-    in_submitit_job,
+    SUBMITIT_LAUNCHERS,
     job_lost,
     requeue_job,
     resume_if_requeued,
     slurm_job_ids,
     start_task,
+    wait_for_cluster_jobs,
     wait_for_local_jobs,
     warned,
 )
@@ -128,7 +129,7 @@ def run_command_line() -> None:
                 # launcher would break its pool if the interrupt reached it). Not a submitit
                 # job's signal: it was for that job alone (scancel, the scheduler), or the sweep's
                 # own process got it too and marked the sweep; the jobs that start later run.
-                if not in_submitit_job():
+                if hydra_config.launcher.get("_target_") not in SUBMITIT_LAUNCHERS:
                     mark_interrupted(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
                 return math.inf
             except Exception as error:
@@ -214,7 +215,15 @@ def cut_short(error: BaseException) -> None:
         stop_watching(sweep_dir, getattr(error, "signal", signal.SIGINT))
     lost = job_lost(error, sweep_dir)
     if lost is not None:  # a killed job: the others run on, and the summary waits for them
-        wait_for_local_jobs()
+        try:
+            if SweepSummary.on_a_cluster:
+                wait_for_cluster_jobs(SweepSummary.cluster_jobs)
+            else:
+                wait_for_local_jobs()
+        except KeyboardInterrupt as interrupt:
+            if not SweepSummary.on_a_cluster:
+                raise
+            stop_watching(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
         error = lost
     signum = interrupted_by(sweep_dir)
     if signum is None and isinstance(error, KeyboardInterrupt):
@@ -231,10 +240,10 @@ def stop_watching(sweep_dir: Path, signum: int) -> None:
     the cluster's and run on; this process writes the summary as the jobs are now, says how to
     stop them, and ends (exit 128 + the signal)."""
     SweepSummary.summarise(unwatched=True)
-    jobs = " ".join(slurm_job_ids(sweep_dir)) or "<job id>"
-    print(f"stopped watching the sweep; its jobs go on running on the cluster (their folders are in {sweep_dir}). "
-          f"`scancel --signal=INT {jobs}` stops them, each saving a checkpoint; `scancel {jobs}` ends them at once",
-          file=sys.stderr)
+    jobs = " ".join(slurm_job_ids(SweepSummary.cluster_jobs)) or "<job id>"
+    print(f"stopped watching the sweep; its jobs go on on the cluster (their folders are in {sweep_dir}). "
+          f"`scancel --signal=INT {jobs}` stops those running, each saving a checkpoint, and `scancel "
+          f"--state=PENDING {jobs}` those queued; `scancel {jobs}` ends them all at once", file=sys.stderr)
     raise Interrupted(signum, "stopped watching the sweep")
 
 

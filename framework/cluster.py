@@ -73,6 +73,7 @@ REQUEUED_MARK = "{job_id}_requeued_run"
 LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 # Hydra's launcher for SLURM (hydra/launcher=submitit_slurm).
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SUBMITIT_LAUNCHERS = (LOCAL_LAUNCHER, SLURM_LAUNCHER)
 
 
 @dataclass(frozen=True)
@@ -251,10 +252,31 @@ def job_lost(error: BaseException, sweep_dir: Path) -> JobLost | None:
     return JobLost(str(error).strip().splitlines()[0], sweep_dir)
 
 
-def slurm_job_ids(sweep_dir: Path) -> list[str]:
-    """The SLURM jobs (job arrays) of a sweep, from submitit's folders (``.submitit/<id>_<task>``)."""
-    names = [path.name for path in (Path(sweep_dir) / ".submitit").glob("*") if path.is_dir()]
-    return sorted({name.split("_")[0] for name in names if name.split("_")[0].isdigit()}, key=int)
+def jobs_folder(launcher: DictConfig) -> Path:
+    """The folder in which submitit keeps a folder per job (``hydra.launcher.submitit_folder``,
+    ``<sweep>/.submitit/%j`` by default, up to its ``%j``)."""
+    return Path(str(launcher.submitit_folder).split("%j")[0])
+
+
+def slurm_jobs(folder: Path) -> list[str]:
+    """The SLURM jobs of a sweep (``A_i`` for an array's task, ``A`` alone), from submitit's
+    folder of each (the one holding the job's pickle)."""
+    return sorted(path.parent.name for path in Path(folder).glob("*/*_submitted.pkl"))
+
+
+def slurm_job_ids(folder: Path) -> list[str]:
+    """The SLURM job ids of a sweep's jobs: an array's for its tasks."""
+    return sorted({job.split("_")[0] for job in slurm_jobs(folder)}, key=int)
+
+
+def wait_for_cluster_jobs(folder: Path, poll_s: float = 2.0) -> None:
+    """Wait until SLURM says every job of the sweep has ended (submitit's own check: its result
+    file, or sacct), so that the summary sees their results."""
+    from submitit.slurm.slurm import SlurmJob  # only on a cluster, where it is installed
+
+    jobs = [SlurmJob(folder=Path(folder) / "%j", job_id=job) for job in slurm_jobs(folder)]
+    while not all(job.done() for job in jobs):
+        time.sleep(poll_s)
 
 
 def wait_for_local_jobs(poll_s: float = 0.5) -> None:

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from framework.cluster import LOCAL_LAUNCHER, SLURM_LAUNCHER, keep_local_controllers_from_ctrl_c
+from framework.cluster import LOCAL_LAUNCHER, SLURM_LAUNCHER, jobs_folder, keep_local_controllers_from_ctrl_c
 from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
@@ -217,13 +217,10 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
 class SweepFailed(TrainingError):
     def __init__(self, failed: int, total: int, sweep_dir: Path, interrupted: int = 0) -> None:
         what = [f"{failed} of {total} jobs failed"] if failed else []
-        if interrupted:  # a signal to those jobs alone (a cluster's scancel), not to the sweep
-            what.append(f"{interrupted} of {total} jobs were stopped by a signal of their own (each one's log "
-                        "says how to resume it)")
-        super().__init__(
-            f"{'; '.join(what)}; every other job ran to its end, and the jobs are listed above and in "
-            f"{sweep_dir}/summary.md"
-        )
+        if interrupted:  # a signal to those jobs alone (scancel, a time limit), not to the sweep
+            what.append(f"{interrupted} of {total} jobs did not complete, stopped by a signal to them alone "
+                        "(scancel --signal, the scheduler's time limit; each one's log says how to resume it)")
+        super().__init__(f"{'; '.join(what)}; the summary above and {sweep_dir}/summary.md list every job")
 
 
 class SweepSummary(Callback):
@@ -241,6 +238,7 @@ class SweepSummary(Callback):
     sweep_dir: Path | None = None  # of the sweep under way, until its summary is written
     summarised = False  # the sweep has ended, and its summary is written
     on_a_cluster = False  # its jobs run on a SLURM cluster, which this process watches
+    cluster_jobs: Path | None = None  # there, the folder of submitit's folder per job
     previous_handlers: dict = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -251,6 +249,7 @@ class SweepSummary(Callback):
             keep_local_controllers_from_ctrl_c()
         SweepSummary.on_a_cluster = launcher == SLURM_LAUNCHER
         if SweepSummary.on_a_cluster:
+            SweepSummary.cluster_jobs = jobs_folder(config.hydra.launcher)
             # The jobs are the cluster's, and this process only watches them: a Ctrl-C or a
             # SIGTERM here stops the watch (framework.cli.cut_short), not the jobs.
             return

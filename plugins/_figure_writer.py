@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,28 @@ WARM_UP = ("framework_plugins._figures", "matplotlib.backends.backend_agg", "mat
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def wait_for_figures(run_dir: Path) -> None:
-    """Return once no figure writer (of any process) has figures left to write into ``run_dir``."""
+def wait_for_figures(run_dir: Path, timeout_s: float | None = None) -> bool:
+    """Return once no figure writer (of any process) has figures left to write into ``run_dir``
+    (True), or once ``timeout_s`` has passed (False)."""
     if fcntl is None:
-        return
+        return True
     try:
         folder = os.open(run_dir, os.O_RDONLY)
     except OSError:  # no folder: nothing was sent to it
-        return
+        return True
     try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
+        if timeout_s is None:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            return True
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
     finally:
         os.close(folder)  # releases the lock
 

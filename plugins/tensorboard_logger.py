@@ -38,6 +38,9 @@ LAYOUT = {
 }
 SCALAR_TYPES = (bool, int, float, str)
 STOP_REASON_TAG = "result/stop_reason"  # result.json's stop_reason, as text (code-formatted)
+# After the scheduler's warning, the longest the fit's end waits for its figures before the job is
+# requeued (submitit asks for the warning 120 s ahead of the limit).
+FIGURES_BEFORE_REQUEUE_S = 30
 
 
 @dataclass
@@ -242,8 +245,9 @@ class TensorBoardLogger:
                 self.figures.close(self.run_dir)  # the figure writer finishes this folder
                 if warned():
                     # The scheduler's warning stopped the fit: the job is requeued next, and
-                    # SLURM then ends every process of the job, the figure writer with it.
-                    wait_for_figures(self.run_dir)
+                    # SLURM then ends every process of the job, the figure writer with it. Not
+                    # longer than a bound: the requeue must come before the time limit.
+                    wait_for_figures(self.run_dir, timeout_s=FIGURES_BEFORE_REQUEUE_S)
 
     def _figure(self, state, step, title):
         from framework_plugins._figures import fit_points

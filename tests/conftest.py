@@ -37,6 +37,7 @@ LONGEST_FILES = (
     "tests/cli/test_quick_answers.py",  # 190 s
     "tests/docs/test_readme_commands.py",  # 185 s, two commands at a time
     "tests/cli/test_submitit.py",  # 110 s
+    "tests/cli/test_submitit_slurm.py",  # 130 s (2026-11-24)
     "tests/bench/test_bench_run.py",  # 110 s
     "tests/cli/test_distributed.py",  # 95 s
     "tests/cli/test_cli.py",  # 85 s

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -168,7 +169,7 @@ def test_the_schedulers_warning_requeues_the_job_and_scancel_signal_term_stops_o
     assert stopped_was_running, sweep.describe()
     # The signal was for that job alone: the sweep was not interrupted, one of its jobs was.
     assert sweep.returncode == 5, sweep.describe()
-    assert "1 of 2 jobs were stopped by a signal of their own" in sweep.stderr, sweep.describe()
+    assert "1 of 2 jobs did not complete, stopped by a signal to them alone" in sweep.stderr, sweep.describe()
     assert not (sweep_dir / ".interrupted").exists()
     assert jobs["1001_0"]["restarts"] == 1 and jobs["1001_1"]["restarts"] == 0, jobs
 
@@ -238,7 +239,8 @@ def test_ctrl_c_stops_watching_a_cluster_sweep_whose_jobs_run_on(tmp_path):
         slurm(env, "scancel", "--signal=INT", "1001")
         wait_for_status(endless, "interrupted", deadline)
     assert sweep.returncode == 130, sweep.describe()
-    assert "Traceback" not in sweep.output and "`scancel --signal=INT 1001`" in sweep.stderr, sweep.describe()
+    assert "Traceback" not in sweep.output, sweep.describe()
+    assert "`scancel --signal=INT 1001`" in sweep.stderr and "`scancel --state=PENDING 1001`" in sweep.stderr
     assert {row["job"]: row["status"] for row in sweep.summary_rows()} == {
         short.name: "completed", endless.name: "running"}, sweep.describe()
     assert not (sweep_dir / ".interrupted").exists()
@@ -247,3 +249,68 @@ def test_ctrl_c_stops_watching_a_cluster_sweep_whose_jobs_run_on(tmp_path):
     assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGINT"), result
     saved = sorted((endless / "checkpoints").glob("step_*.pt"))
     assert saved and saved[-1].name == f"step_{result['steps']:010d}.pt", saved
+
+
+DDP_REQUEUED_STEPS = 3000  # gloo's all-reduce makes a step milliseconds
+
+
+def test_a_ddp_job_warned_by_the_scheduler_is_requeued_and_both_ranks_resume(tmp_path):
+    """A job of two srun tasks training with DDP: SLURM's warning reaches both tasks; they stop
+    at the same step with one checkpoint, rank 0 has the job requeued, and both tasks of the
+    requeued job resume from it and finish with the single-process loop's parameters (up to
+    rounding: each rank takes half of the batch)."""
+    sweep_dir = tmp_path / "work" / "sweep"
+    job = sweep_dir / "job0"
+    with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
+            work, sweep_dir, "hydra.launcher.tasks_per_node=2", "trainer.strategy=ddp", "+task=linear",
+            f"optimizer.lr={REQUEUED_LR}", f"trainer.max_steps={DDP_REQUEUED_STEPS}", env=env,
+            launcher=SLURM) as process:
+        deadline = time.monotonic() + 240
+        wait_until_training(process, [job], deadline)
+        slurm(env, "scancel", "--signal=USR2", "1001")
+        sweep = ended_sweep(process, sweep_dir, timeout=240)
+        jobs = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))
+    assert sweep.returncode == 0 and "Traceback" not in sweep.output, sweep.describe()
+    assert jobs["1001"]["restarts"] == 1, jobs
+    log = (job / "framework.log").read_text()
+    assert "requeueing the job" in log and "data-parallel training over 2 processes" in log, log[-3000:]
+    stopped_at = [int(step) for step in re.findall(r"resumed from \S+step_\d+\.pt at step (\d+)", log)]
+    assert len(stopped_at) == 1 and 0 < stopped_at[0] < DDP_REQUEUED_STEPS, log[-3000:]
+    # Rank 1 logs to its submitit file: it resumed too (from the same checkpoint, or DDP's
+    # all-reduce would not have matched it with rank 0, and the parameters below would differ).
+    rank_1 = (sweep_dir / ".submitit" / "1001" / "1001_1_log.out").read_text()
+    assert "this job was requeued: resuming the run" in rank_1, rank_1[-3000:]
+    result = sweep.result(job.name)
+    params, final_loss = plain_linear(REQUEUED_LR, DDP_REQUEUED_STEPS)
+    assert (result["status"], result["steps"]) == ("completed", DDP_REQUEUED_STEPS), result
+    for name, value in params.items():
+        torch.testing.assert_close(torch.tensor(result["params"][name]), torch.tensor(value), rtol=1e-5, atol=0)
+
+
+def test_a_cancelled_job_is_reported_once_the_jobs_after_it_have_ended(tmp_path):
+    """A plain ``scancel`` of the sweep's first job while the second trains: Hydra's launcher
+    stops at the first job without a result, and the sweep still waits until SLURM says the
+    other job has ended (here stopped by ``scancel --signal=INT``) before its summary: the first
+    job failed, the second interrupted with its checkpoint, exit 5."""
+    sweep_dir = tmp_path / "work" / "sweep"
+    cancelled, later = sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=1000000001"
+    with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
+            work, sweep_dir, "+task=linear", "trainer.max_steps=1000000000,1000000001", env=env,
+            launcher=SLURM) as process:
+        deadline = time.monotonic() + 240
+        wait_until_training(process, [cancelled, later], deadline)
+        slurm(env, "scancel", "1001_0")
+        # submitit asks sacct every few seconds this early, then waits 15 s for a result file
+        # (a slow file system): by then the launcher has raised for the first job.
+        time.sleep(25)
+        still_watching = process.poll() is None and not (sweep_dir / "summary.md").exists()
+        slurm(env, "scancel", "--signal=INT", "1001_1")
+        sweep = ended_sweep(process, sweep_dir, timeout=120)
+    assert still_watching, sweep.describe()
+    assert sweep.returncode == 5, sweep.describe()
+    assert "error: a job ended without a result" in sweep.stderr and "Traceback" not in sweep.output, sweep.describe()
+    result = sweep.result(later.name)
+    assert (result["status"], result["stop_reason"]) == ("interrupted", "SIGINT"), result
+    assert not (cancelled / "result.json").exists()
+    rows = {row["job"]: row["status"] for row in sweep.summary_rows()}
+    assert rows == {cancelled.name: "failed", later.name: "interrupted"}, (rows, sweep.describe())

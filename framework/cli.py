@@ -45,7 +45,7 @@ from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
 from framework.run_folders import register_resolvers
 from framework.schema import null_group_overrides, store_configs
-from framework.signals import Interrupted, exit_code, handled_signals, raise_interrupted
+from framework.signals import Interrupted, exit_code, handled_signals, raise_interrupted, signal_of
 from framework.sweeps import (
     SweepSummary,
     exclude_fixed_overrides,
@@ -130,7 +130,7 @@ def run_command_line() -> None:
                 # job's signal: it was for that job alone (scancel, the scheduler), or the sweep's
                 # own process got it too and marked the sweep; the jobs that start later run.
                 if hydra_config.launcher.get("_target_") not in SUBMITIT_LAUNCHERS:
-                    mark_interrupted(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
+                    mark_interrupted(sweep_dir, signal_of(interrupt))
                 return math.inf
             except Exception as error:
                 report_job_failure(error, on_console=multirun)
@@ -212,22 +212,20 @@ def cut_short(error: BaseException) -> None:
             return  # a Ctrl-C after the sweep ended and its summary was written: nothing to stop
         raise error
     if SweepSummary.on_a_cluster and isinstance(error, KeyboardInterrupt):
-        stop_watching(sweep_dir, getattr(error, "signal", signal.SIGINT))
+        stop_watching(sweep_dir, signal_of(error))
     lost = job_lost(error, sweep_dir)
     if lost is not None:  # a killed job: the others run on, and the summary waits for them
-        try:
-            if SweepSummary.on_a_cluster:
+        if SweepSummary.on_a_cluster:
+            try:
                 wait_for_cluster_jobs(SweepSummary.cluster_jobs)
-            else:
-                wait_for_local_jobs()
-        except KeyboardInterrupt as interrupt:
-            if not SweepSummary.on_a_cluster:
-                raise
-            stop_watching(sweep_dir, getattr(interrupt, "signal", signal.SIGINT))
+            except KeyboardInterrupt as interrupt:
+                stop_watching(sweep_dir, signal_of(interrupt))
+        else:
+            wait_for_local_jobs()
         error = lost
     signum = interrupted_by(sweep_dir)
     if signum is None and isinstance(error, KeyboardInterrupt):
-        signum = getattr(error, "signal", signal.SIGINT)
+        signum = signal_of(error)
         mark_interrupted(sweep_dir, signum)
     SweepSummary.summarise()
     if signum is None:

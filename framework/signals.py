@@ -39,6 +39,11 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return getattr(interrupt, "exit_code", 128 + signal.SIGINT)
 
 
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    """The signal that raised ``interrupt``: an :class:`Interrupted`'s, else a Ctrl-C's."""
+    return getattr(interrupt, "signal", signal.SIGINT)
+
+
 # The signals raise_interrupted raised that no fit has acted on yet. A library's bare ``except``
 # (or one that catches BaseException) around the code a signal lands in swallows the raise; the
 # next fit then stops at once instead of running as if nothing had been asked (stop_on_signals).

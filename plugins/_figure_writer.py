@@ -62,27 +62,25 @@ WARM_UP = ("framework_plugins._figures", "matplotlib.backends.backend_agg", "mat
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def wait_for_figures(run_dir: Path, timeout_s: float | None = None) -> bool:
-    """Return once no figure writer (of any process) has figures left to write into ``run_dir``
-    (True), or once ``timeout_s`` has passed (False)."""
+def wait_for_figures(run_dir: Path, timeout_s: float | None = None) -> None:
+    """Return once no figure writer (of any process) has figures left to write into ``run_dir``,
+    or once ``timeout_s`` has passed."""
     if fcntl is None:
-        return True
+        return
     try:
         folder = os.open(run_dir, os.O_RDONLY)
     except OSError:  # no folder: nothing was sent to it
-        return True
+        return
     try:
         if timeout_s is None:
             fcntl.flock(folder, fcntl.LOCK_EX)
-            return True
+            return
         deadline = time.monotonic() + timeout_s
-        while True:
+        while time.monotonic() < deadline:
             try:
                 fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
+                return
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
                 time.sleep(0.05)
     finally:
         os.close(folder)  # releases the lock

@@ -57,6 +57,14 @@ def raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def raise_interrupted_once(signum: int, frame) -> None:
+    """As :func:`raise_interrupted`, for a process that ends on the first SIGINT or SIGTERM: later
+    ones are ignored, so that they cannot cut short what it writes on its way out."""
+    for other in handled_signals():
+        signal.signal(other, signal.SIG_IGN)
+    raise_interrupted(signum, frame)
+
+
 def handled_signals() -> list[int]:
     """The stop signals this process does not ignore."""
     return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]

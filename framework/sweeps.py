@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
 from framework.quick_answers import HELP_FLAGS
-from framework.signals import on_stop_signals, restore_handlers
+from framework.signals import handled_signals, on_stop_signals, raise_interrupted_once, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -251,7 +252,10 @@ class SweepSummary(Callback):
         if SweepSummary.on_a_cluster:
             SweepSummary.cluster_jobs = jobs_folder(config.hydra.launcher)
             # The jobs are the cluster's, and this process only watches them: a Ctrl-C or a
-            # SIGTERM here stops the watch (framework.cli.cut_short), not the jobs.
+            # SIGTERM here stops the watch (framework.cli.cut_short), not the jobs, and a second
+            # one leaves the summary it then writes whole.
+            for signum in handled_signals():
+                signal.signal(signum, raise_interrupted_once)
             return
         SweepSummary.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
 

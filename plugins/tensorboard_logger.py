@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
-from framework.cluster import warned
+from framework.cluster import in_submitit_job
 from framework_plugins._event_files import (
     use_native_checksums,
     wait_until_a_new_file_sorts_last,
@@ -38,9 +38,9 @@ LAYOUT = {
 }
 SCALAR_TYPES = (bool, int, float, str)
 STOP_REASON_TAG = "result/stop_reason"  # result.json's stop_reason, as text (code-formatted)
-# After the scheduler's warning, the longest the fit's end waits for its figures before the job is
-# requeued (submitit asks for the warning 120 s ahead of the limit).
-FIGURES_BEFORE_REQUEUE_S = 30
+# In a cluster job, the longest the fit's end waits for its figures: after the scheduler's warning
+# the job is requeued next (submitit asks for the warning 120 s ahead of the limit).
+FIGURES_IN_A_CLUSTER_JOB_S = 30
 
 
 @dataclass
@@ -243,11 +243,12 @@ class TensorBoardLogger:
             self.writer.close()  # flushes: points logged before a failure are kept
             if self.figures_opened:
                 self.figures.close(self.run_dir)  # the figure writer finishes this folder
-                if warned():
-                    # The scheduler's warning stopped the fit: the job is requeued next, and
-                    # SLURM then ends every process of the job, the figure writer with it. Not
-                    # longer than a bound: the requeue must come before the time limit.
-                    wait_for_figures(self.run_dir, timeout_s=FIGURES_BEFORE_REQUEUE_S)
+                if in_submitit_job():
+                    # A cluster job: the sweep reads the job's result as soon as the job returns
+                    # it, and SLURM ends every process of the job, the figure writer with it,
+                    # once its task exits or is requeued (after the scheduler's warning). Not
+                    # longer than a bound: a requeue must come before the time limit.
+                    wait_for_figures(self.run_dir, timeout_s=FIGURES_IN_A_CLUSTER_JOB_S)
 
     def _figure(self, state, step, title):
         from framework_plugins._figures import fit_points

@@ -102,7 +102,9 @@ def test_a_sweep_runs_as_a_job_array_each_job_in_its_own_folder(tmp_path):
         params, final_loss = plain_linear(lr, STEPS)
         assert (result["status"], result["steps"], result["params"]) == ("completed", STEPS, params), result
         assert result["final_loss"] == pytest.approx(final_loss, rel=1e-6)
-        assert list(folder.glob("events.out.tfevents.*")), folder
+        # Its figures too, once the sweep has its result: the job's task waited for them (the
+        # cluster then ends every process of the job, the figure writer with it).
+        assert {"fit/curve", "fit/loss"} <= set(events(folder).Tags()["images"]), folder
         # The job's process ran as the array's task `index` (submitit read SLURM's variables).
         task_log = (sweep_dir / ".submitit" / f"1001_{index}" / f"1001_{index}_0_log.out").read_text()
         assert f"JobEnvironment(job_id=1001_{index}," in task_log and "global_rank=0(1)" in task_log, task_log
@@ -223,8 +225,8 @@ def test_ctrl_c_stops_watching_a_cluster_sweep_whose_jobs_run_on(tmp_path):
     """A Ctrl-C to the sweep's process (its terminal's group): the jobs are the cluster's, and
     this process only watches them. It writes the summary as the jobs are now (the running one
     ``running``), names the ``scancel`` that stops them and exits 130 at once, without marking
-    the sweep interrupted; the running job goes on. The ``scancel --signal=INT`` it names then
-    stops that job with a checkpoint."""
+    the sweep interrupted, all of it even when an impatient second Ctrl-C comes; the running job
+    goes on. The ``scancel --signal=INT`` it names then stops that job with a checkpoint."""
     sweep_dir = tmp_path / "work" / "sweep"
     endless, short = sweep_dir / "trainer.max_steps=1000000000", sweep_dir / "trainer.max_steps=20"
     with fake_cluster(tmp_path) as (env, work), sweep_in_its_own_group(
@@ -233,6 +235,8 @@ def test_ctrl_c_stops_watching_a_cluster_sweep_whose_jobs_run_on(tmp_path):
         wait_until_training(process, [endless], deadline)
         wait_for_status(short, "completed", deadline)
         os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.002)  # while the first is being handled
+        os.killpg(process.pid, signal.SIGINT)  # impatient: the summary is still whole
         sweep = ended_sweep(process, sweep_dir, timeout=60)
         running_after = submitted_jobs(Path(env["FAKE_SLURM_DIR"]))["1001_0"]["state"]
         steps_logged = (endless / "framework.log").read_text().count("step ")

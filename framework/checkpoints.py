@@ -60,6 +60,10 @@ def find_checkpoint(path: str | Path, setting: str) -> Path:
         return latest
     if not path.is_file():
         raise ConfigError(f"{setting}={path}: no such checkpoint file or run folder")
+    if path.suffix == ".safetensors":  # trainer.init_from reads these itself
+        raise ConfigError(f"{setting}={path}: this file holds a model's weights alone, not a checkpoint; {setting} "
+                          f"takes a run folder or a checkpoint ({CHECKPOINT_DIR}/step_*.pt), and "
+                          f"trainer.init_from starts a new run from weights")
     return path
 
 
@@ -192,5 +196,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except (OSError, RuntimeError, EOFError, ValueError) as error:
         raise ConfigError(f"{path} is not a readable checkpoint: {type(error).__name__}: {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a checkpoint of this framework (format {FORMAT})")
+        raise ConfigError(f"{path} is not a checkpoint of this framework (a {CHECKPOINT_DIR}/step_*.pt file of "
+                          f"a run folder, format {FORMAT})")
     return checkpoint

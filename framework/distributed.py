@@ -94,10 +94,11 @@ def wants_ddp(strategy: str) -> bool:
         return False
     if strategy == "ddp":
         if not launched():
-            missing = ", ".join(name for name in LAUNCH_ENV if not os.environ.get(name))
+            missing = [name for name in LAUNCH_ENV if not os.environ.get(name)]
+            unset = "none of them is set here" if len(missing) == len(LAUNCH_ENV) else f"{', '.join(missing)} not set here"
             raise ConfigError(
                 f"{STRATEGY_KEY}=ddp needs processes started by torchrun (or another launcher that "
-                f"exports {', '.join(LAUNCH_ENV)}; {missing} not set here): launch with `{TORCHRUN_HINT}`, "
+                f"exports {', '.join(LAUNCH_ENV)}; {unset}): launch with `{TORCHRUN_HINT}`, "
                 f"or train in one process with {STRATEGY_KEY}=single"
             )
         return True

@@ -29,8 +29,8 @@ from framework.registry import KINDS, PER_FIT_KINDS
 
 HELP_FLAGS = ("--help", "-h")
 # Overrides the full path acts on before Hydra composes (framework/resume.py: the run folder,
-# a resumed run's config), or that change Hydra's mode.
-DECIDED_BEFORE_HYDRA = ("trainer.resume", "hydra.run.dir", "hydra.mode")
+# a resumed run's config, a folder's name quoted), or that change Hydra's mode.
+DECIDED_BEFORE_HYDRA = ("trainer.resume", "trainer.init_from", "hydra.run.dir", "hydra.mode")
 CONFIG_NAME = "config"
 # The module whose function the full path gives hydra.main: Hydra names the job and finds the
 # config search path from it.

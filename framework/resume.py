@@ -200,6 +200,25 @@ def holds_a_trained_run(folder: Path) -> bool:
         return False
 
 
+# The settings that name a run folder or a file of one.
+FOLDER_KEYS = (RESUME_KEY, "trainer.init_from")
+
+
+def quoted_folder_overrides(args: list[str]) -> list[str]:
+    """``trainer.resume=`` and ``trainer.init_from=`` naming an existing folder or file whose
+    name Hydra would read as syntax, quoted for Hydra: a sweep job's folder is named after its
+    overrides (``optimizer.lr=0.01,trainer.seed=1``), and typed as it is listed it would not
+    parse. Other values are left for Hydra to read (or refuse) as written."""
+    quoted = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if (equals and key.lstrip("+") in FOLDER_KEYS and value[:1] not in ("'", '"')
+                and hydra_value(value) != value and os.path.exists(value)):
+            arg = f"{key}={hydra_value(value)}"
+        quoted.append(arg)
+    return quoted
+
+
 def run_folder_overrides(args: list[str]) -> list[str]:
     """Where a run writes, decided before Hydra writes anything there.
 
@@ -208,6 +227,7 @@ def run_folder_overrides(args: list[str]) -> list[str]:
     never writes into a folder that holds a trained run (it would overwrite its record and
     double its curves); a sweep resumes no job (each job's log has its own resume command).
     """
+    args = quoted_folder_overrides(args)
     where = _override_value(args, RESUME_KEY)
     if any(arg in ("-m", "--multirun") for arg in args):
         if where is not None:

@@ -29,6 +29,9 @@ class ConsoleLogger:
     def framework_fit_start(self, state):
         run, done = state.run, state.progress.step
         label = run.task or "run"
+        if done >= run.max_steps:  # resumed at its step limit (the resume has said so)
+            log.info("%s: nothing to train: at step %d, the step limit is %d", label, done, run.max_steps)
+            return
         if self.config.progress and sys.stderr.isatty():
             # tqdm redraws at most every 0.1 s, whatever the step rate.
             self.bar = tqdm(total=run.max_steps, initial=done, desc=label, unit="step", mininterval=0.1,

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import run_cli
+from tests.plain_linear import plain_linear
 
 RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason", "error",
                "final_val_loss", "optimal_loss", "optimality_gap"}
@@ -251,6 +252,26 @@ BAD_INPUTS = [
         id="misspelt-key",
     ),
     pytest.param(
+        ["+task=polyfit", "logger=[console,tensorbord]"], {},
+        ["'tensorbord' is not a logger", "console, tensorboard"],
+        id="unknown-name-in-a-list",
+    ),
+    pytest.param(
+        ["+task=polyfit", "callback=[early_stop]"], {},
+        ["'early_stop' is not a callback", "early_stopping"],
+        id="unknown-callback",
+    ),
+    pytest.param(
+        ["+task=polyfit", "trainer.max_steps=1e3"], {},
+        ["trainer.max_steps takes a whole number: write 1000"],
+        id="float-for-a-whole-number",
+    ),
+    pytest.param(
+        ["+task=polyfit", "trainer.resume=multirun/2026-01-01/10-00-00/optimizer.lr=0.01"], {},
+        ["""'trainer.resume="multirun/2026-01-01/10-00-00/optimizer.lr=0.01"'"""],
+        id="unquoted-value-holding-equals",
+    ),
+    pytest.param(
         ["+task=linear2d", "data=csv", "data.path=missing.csv"], {},
         ["missing.csv"],
         id="missing-csv",
@@ -295,6 +316,33 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, args, files, fragme
     result_file = run.run_dir / "result.json"
     if result_file.exists():
         assert run.result["steps"] == 0, run.result  # refused before any training step
+
+
+def test_omegaconfs_account_of_where_an_error_happened_is_left_out(tmp_path):
+    """The key is named in the message; OmegaConf's ``full_key:``/``object_type=`` lines and its
+    internal type names (TrainerConfig) say nothing more to a user."""
+    for args in (["+task=linear", "trainer.max_stepz=3"], ["+task=linear", "trainer.max_steps=1e3"]):
+        run = launch(tmp_path, *args)
+        assert_refused_cleanly(run, "trainer.max_step")
+        for detail in ("full_key", "object_type", "reference_type", "TrainerConfig"):
+            assert detail not in run.process.stderr, run.describe()
+
+
+def test_a_sweep_jobs_folder_typed_as_listed_is_resumed(tmp_path):
+    """A sweep job's folder is named after its overrides (``optimizer.lr=0.01``): typed after
+    ``trainer.resume=`` without Hydra's quotes, it names the folder, and the run goes on there as
+    the plain loop would."""
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "+task=linear", "optimizer.lr=0.01,0.02", "trainer.max_steps=20", "logger=[]",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    job = sweep / "optimizer.lr=0.01"
+    resumed = run_cli("+task=linear", "optimizer.lr=0.01", "trainer.max_steps=50", "logger=[]",
+                      f"trainer.resume={job.relative_to(tmp_path)}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((job / "result.json").read_text())
+    params, _ = plain_linear(0.01, 50)
+    assert (result["status"], result["steps"], result["params"]) == ("completed", 50, params)
 
 
 def test_full_error_env_shows_the_traceback(tmp_path):

@@ -26,31 +26,13 @@ import yaml
 from tests.cli.test_sweeps import Sweep, launch_sweep
 from tests.conftest import cli_env
 from tests.framework.compare import events
+from tests.plain_linear import plain_linear
 from tests.plugin_site import install_distribution, plugin_env
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 LOCAL = "hydra/launcher=submitit_local"
 STEPS = 20
-
-
-def plain_linear(lr: float, steps: int) -> tuple[dict, float]:
-    """The linear task (y = 2x + 1 through 4 points, SGD from zeros) as a plain PyTorch loop:
-    its parameters and the loss with them."""
-    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
-    y = torch.tensor([[3.0], [5.0], [7.0], [9.0]])
-    model = torch.nn.Linear(1, 1)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        final_loss = torch.nn.functional.mse_loss(model(x), y).item()
-    return {"weight": model.weight.tolist(), "bias": model.bias.tolist()}, final_loss
 
 
 def no_other_run_folders(sweep: Sweep, base: Path) -> None:

@@ -24,7 +24,6 @@ from tests import fake_slurm
 from tests.cli.test_submitit import (
     ended_sweep,
     no_other_run_folders,
-    plain_linear,
     requeued_and_resumed_as_uninterrupted,
     sweep_in_its_own_group,
     sweep_result,
@@ -33,6 +32,7 @@ from tests.cli.test_submitit import (
 from tests.cli.test_sweeps import Sweep
 from tests.conftest import cli_env, run_cli
 from tests.framework.compare import events
+from tests.plain_linear import plain_linear
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from framework.markers import DISABLE_AUTOLOAD_ENV, DISABLE_COMPONENTS_ENV, DISABLE_PLUGINS_ENV
 from tests import fake_slurm
 from tests.conftest import REPO_ROOT, cli_env
+from tests.plain_linear import plain_linear
 
 README = REPO_ROOT / "README.md"
 EXAMPLE_RUN_FOLDER = "outputs/2026-11-22/10-00-00"  # what the README's resume commands name
@@ -335,11 +336,15 @@ def check_grid_sweep(ran: Ran) -> None:
 
 
 def check_joblib_sweep(ran: Ran) -> None:
-    """Parallel jobs through Hydra's joblib launcher: both jobs complete, each in its folder."""
+    """Parallel jobs through Hydra's joblib launcher: both jobs complete, each in its folder, at
+    the learning rate the command gives both (not Adam's default)."""
     succeeded(ran)
-    results = {path.parent.name: json.loads(path.read_text()) for path in sweep_folder(ran).glob("*/result.json")}
+    folder = sweep_folder(ran)
+    results = {path.parent.name: json.loads(path.read_text()) for path in folder.glob("*/result.json")}
     assert set(results) == {"optimizer=adam", "optimizer=nadam"}
     assert all(result["status"] == "completed" for result in results.values())
+    for job in results:
+        assert yaml.safe_load((folder / job / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] == 0.01
 
 
 def check_optuna_sweep(ran: Ran) -> None:
@@ -363,8 +368,10 @@ def check_submitit_local_sweep(ran: Ran) -> None:
     folder = sweep_folder(ran)
     assert "Submitit 'local' sweep output dir" in ran.output and (folder / ".submitit").is_dir()
     results = {path.parent.name: json.loads(path.read_text()) for path in folder.glob("*/result.json")}
-    assert set(results) == {"trainer.seed=1", "trainer.seed=2"}
+    assert set(results) == {"optimizer.lr=0.001", "optimizer.lr=0.01"}
     assert all((result["status"], result["steps"]) == ("completed", 200) for result in results.values())
+    for lr in (0.001, 0.01):  # each job trained with its own learning rate
+        assert results[f"optimizer.lr={lr}"]["params"] == plain_linear(lr, 200)[0]
     assert all(list((folder / job).glob("events.out.tfevents.*")) for job in results)
     assert {row["job"] for row in summary_rows(folder)} == set(results)
 
@@ -545,7 +552,7 @@ def check_gap_sweep(ran: Ran) -> None:
     assert float(noisy_lbfgs["optimality_gap"]) < float(clean_nadam["optimality_gap"])
 
 
-SUBMITIT_LOCAL = shlex.join(shlex.split("python -m framework -m hydra/launcher=submitit_local +task=linear 'trainer.seed=1,2'"))
+SUBMITIT_LOCAL = shlex.join(shlex.split("python -m framework -m hydra/launcher=submitit_local +task=linear 'optimizer.lr=0.001,0.01'"))
 SUBMITIT_SLURM = shlex.join(shlex.split(
     "python -m framework -m hydra/launcher=submitit_slurm hydra.launcher.partition=PARTITION "
     "hydra.launcher.timeout_min=60 +task=polyfit optimizer=adam,nadam optimizer.lr=0.01,0.1"))
@@ -581,8 +588,8 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     VAL_EARLY_STOPPING: check_val_early_stopping,
     GAP_SWEEP: check_gap_sweep,
     GRID_SWEEP: check_grid_sweep,
-    "python -m framework -m hydra/launcher=joblib hydra.launcher.n_jobs=2 +task=polyfit optimizer=adam,nadam":
-        check_joblib_sweep,
+    "python -m framework -m hydra/launcher=joblib hydra.launcher.n_jobs=2 +task=polyfit optimizer=adam,nadam "
+    "optimizer.lr=0.01": check_joblib_sweep,
     OPTUNA_SWEEP: check_optuna_sweep,
     SUBMITIT_LOCAL: check_submitit_local_sweep,
     SUBMITIT_SLURM: check_submitit_slurm_sweep,

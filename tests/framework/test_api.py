@@ -72,7 +72,8 @@ def test_train_reports_bad_config_and_failures_as_the_cli_does(tmp_path):
 def test_a_new_run_never_writes_into_a_folder_holding_a_trained_run(tmp_path):
     framework.train(["+task=linear", "trainer.max_steps=5"], run_dir=tmp_path / "run")
     kept = {name: (tmp_path / "run" / name).read_bytes() for name in ("result.json", ".hydra/config.yaml")}
-    with pytest.raises(ConfigError, match="already holds a run; resume it with trainer.resume="):
+    # Named as the caller named it (run_dir=, not the hydra.run.dir= it becomes).
+    with pytest.raises(ConfigError, match="^run_dir=.* already holds a run; resume it with trainer.resume="):
         framework.train(["+task=polyfit"], run_dir=tmp_path / "run")
     assert {name: (tmp_path / "run" / name).read_bytes() for name in kept} == kept
     # A folder whose run was refused before its first step can be used again.

@@ -4,6 +4,7 @@ checkpoint) and resumed ends identical to one that never stopped."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -103,11 +104,15 @@ def test_resuming_from_an_earlier_checkpoint_replaces_what_was_logged_after_it(t
 
 
 def test_resuming_a_run_that_has_reached_its_limit_says_nothing_is_left(train, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="framework")
     overrides = ["+task=linear", "trainer.max_steps=30", *COMMON]
     train(overrides, run_dir=tmp_path, task="linear")
     result = train([*overrides, f"trainer.resume={tmp_path}"], run_dir=tmp_path, task="linear")
     assert result["steps"] == 30
     assert "nothing is left to train; raise it to go on" in caplog.text
+    # The console's line says so too, where it announced "from step 30 to step 30".
+    assert "linear: nothing to train: at step 30, the step limit is 30" in caplog.text
+    assert "to step 30" not in caplog.text
 
 
 def test_a_run_can_be_resumed_for_more_steps(train, tmp_path):
@@ -160,6 +165,14 @@ def test_resume_and_init_from_together_are_refused(train, tmp_path):
 def test_a_folder_without_checkpoints_is_refused(train, tmp_path):
     with pytest.raises(ConfigError, match="the folder has no checkpoint"):
         train(["+task=linear", f"trainer.resume={tmp_path}"])
+
+
+def test_a_weights_file_given_to_resume_is_refused_naming_init_from(train, tmp_path):
+    train(["+task=linear", "trainer.max_steps=5", *COMMON], run_dir=tmp_path, task="linear")
+    weights = tmp_path / "model.safetensors"
+    assert weights.is_file()
+    with pytest.raises(ConfigError, match=r"weights alone, not a checkpoint.*trainer\.init_from starts a new run"):
+        train(["+task=linear", "trainer.max_steps=10", f"trainer.resume={weights}", *COMMON])
 
 
 class Counter:

@@ -223,7 +223,8 @@ def run_folder_overrides(args: list[str]) -> list[str]:
     """Where a run writes, decided before Hydra writes anything there.
 
     A single run given ``trainer.resume`` writes into the run folder it resumes (unless
-    ``hydra.run.dir`` says otherwise), keeping that folder's original Hydra snapshot. A new run
+    ``hydra.run.dir`` says otherwise), keeping that folder's original Hydra snapshot, and takes
+    that run's own overrides for the keys not given (:func:`own_overrides`). A new run
     never writes into a folder that holds a trained run (it would overwrite its record and
     double its curves); a sweep resumes no job (each job's log has its own resume command).
     """
@@ -242,13 +243,47 @@ def run_folder_overrides(args: list[str]) -> list[str]:
                 "or choose another folder"
             )
         return args
-    folder = Path(chosen) if chosen is not None else run_folder_of(where)
+    resumed = run_folder_of(where)
+    if resumed is not None:
+        args = [*own_overrides(resumed, given=args), *args]
+    folder = Path(chosen) if chosen is not None else resumed
     if folder is None or not holds_a_trained_run(folder):
         return args  # a new folder: Hydra's own, or the one named
     extra = [] if chosen is not None else [f"hydra.run.dir={hydra_value(str(folder.resolve()))}"]
     if not any(arg.startswith("hydra.output_subdir=") for arg in args):
         extra.append("hydra.output_subdir=.hydra/resume_${now:%Y-%m-%d_%H-%M-%S}")
     return [*args, *extra]
+
+
+def override_key(override: str) -> str:
+    """``optimizer.lr`` of ``optimizer.lr=0.1``, ``task`` of ``+task=polyfit``."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+# A run's own overrides that a resume does not take: how it started (the checkpoint holds what
+# came of it); nor ``hydra.*``: where it writes, the resume decides.
+NOT_RESUMED = (RESUME_KEY, "trainer.init_from")
+
+
+def own_overrides(run_dir: Path, given: list[str]) -> list[str]:
+    """The overrides the run in ``run_dir`` was started with (its ``.hydra/overrides.yaml``)
+    whose keys ``given`` does not set: ``trainer.resume=RUN`` alone resumes the run as its own
+    command would, and any override given again, or added, goes on top."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(saved, list):
+        return []
+    keys = {override_key(arg) for arg in given if not arg.startswith("-")}
+    taken = []
+    for item in map(str, saved):
+        key = override_key(item)
+        if key not in keys and key not in NOT_RESUMED and not key.startswith("hydra."):
+            taken.append(item)
+    return taken
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:

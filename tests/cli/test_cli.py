@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -343,6 +344,25 @@ def test_a_sweep_jobs_folder_typed_as_listed_is_resumed(tmp_path):
     result = json.loads((job / "result.json").read_text())
     params, _ = plain_linear(0.01, 50)
     assert (result["status"], result["steps"], result["params"]) == ("completed", 50, params)
+
+
+def test_trainer_resume_alone_resumes_with_the_runs_own_overrides(tmp_path):
+    """``trainer.resume=RUN`` without the run's command: its overrides (``.hydra/overrides.yaml``)
+    are taken for the keys not given again, so the run goes on with its own learning rate and
+    loggers, and a key given again (``trainer.max_steps``) wins; the parameters are the plain
+    loop's over all the steps."""
+    run_dir = tmp_path / "run"
+    first = run_cli("+task=linear", "optimizer.lr=0.01", "trainer.max_steps=20", "logger=[]",
+                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli(f"trainer.resume={run_dir}", "trainer.max_steps=50", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    params, _ = plain_linear(0.01, 50)
+    assert (result["status"], result["steps"], result["params"]) == ("completed", 50, params)
+    assert not list(run_dir.glob("events.out.tfevents.*"))  # logger=[] was the run's own too
+    taken = yaml.safe_load(next(run_dir.glob(".hydra/resume_*/overrides.yaml")).read_text())
+    assert taken[:3] == ["+task=linear", "optimizer.lr=0.01", "logger=[]"], taken
 
 
 def test_full_error_env_shows_the_traceback(tmp_path):

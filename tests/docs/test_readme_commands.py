@@ -437,7 +437,8 @@ def check_resume(ran: Ran) -> None:
 
 
 def check_resume_longer(ran: Ran) -> None:
-    """Going on longer: the same folder reaches 5000 steps, nearer to 1, 2, 3 than at 1000."""
+    """Going on longer, the task taken from the run's own overrides: the same folder reaches
+    5000 steps, nearer to 1, 2, 3 than at 1000."""
     succeeded(ran)
     folder, at_1000 = first_run(ran)
     after = ran.results[folder]
@@ -569,7 +570,7 @@ OPTUNA_SWEEP = ("python -m framework -m hydra/sweeper=optuna hydra.sweeper.n_tri
 OWN_CSV = "python -m framework +task=linear2d data=csv data.path=my.csv"
 CHECKPOINTS = "python -m framework +task=polyfit trainer.checkpoint_every=100"
 RESUME = f"python -m framework +task=polyfit trainer.checkpoint_every=100 trainer.resume={EXAMPLE_RUN_FOLDER}"
-RESUME_LONGER = f"python -m framework +task=polyfit trainer.resume={EXAMPLE_RUN_FOLDER} trainer.max_steps=5000"
+RESUME_LONGER = f"python -m framework trainer.resume={EXAMPLE_RUN_FOLDER} trainer.max_steps=5000"
 WARM_START = f"python -m framework +task=polyfit optimizer=lbfgs trainer.max_steps=20 trainer.init_from={EXAMPLE_RUN_FOLDER}"
 
 CHECKS: dict[str, Callable[[Ran], None]] = {

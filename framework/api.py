@@ -31,7 +31,8 @@ from framework.markers import hookimpl
 from framework.outputs import RESULT_FILE
 from framework.plugin_manager import BUILTIN, build_registry, create_plugin_manager
 from framework.registry import Registry
-from framework.resume import RESUME_KEY, holds_a_trained_run, hydra_value, run_folder_overrides
+from framework.overrides import hydra_value
+from framework.resume import RESUME_KEY, holds_a_trained_run, override_value, run_folder_overrides
 from framework.schema import named_schema, null_group_overrides, store_configs
 from framework.standardize import in_original_units
 from framework.run_folders import register_resolvers
@@ -76,8 +77,7 @@ def train(overrides: list[str], run_dir: str | Path | None = None) -> Run:
     if any(item in MULTIRUN_FLAGS for item in overrides):
         raise ConfigError("framework.train runs one fit; run sweeps with python -m framework -m ...")
     if run_dir is not None:
-        resumes = any(item.lstrip("+").startswith(RESUME_KEY + "=") for item in overrides)
-        if not resumes and holds_a_trained_run(Path(run_dir)):
+        if override_value(overrides, RESUME_KEY) is None and holds_a_trained_run(Path(run_dir)):
             raise ConfigError(f"run_dir={run_dir} already holds a run; resume it with {RESUME_KEY}={run_dir} "
                               "among the overrides, or choose another run_dir")
         overrides.append(f"hydra.run.dir={hydra_value(str(Path(run_dir).resolve()))}")

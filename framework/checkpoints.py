@@ -60,11 +60,17 @@ def find_checkpoint(path: str | Path, setting: str) -> Path:
         return latest
     if not path.is_file():
         raise ConfigError(f"{setting}={path}: no such checkpoint file or run folder")
-    if path.suffix == ".safetensors":  # trainer.init_from reads these itself
+    refuse_weights_file(setting, path)
+    return path
+
+
+def refuse_weights_file(setting: str, path: str | Path | None) -> None:
+    """A model's weights (``model.safetensors``) given where a checkpoint goes: refused by name
+    (trainer.init_from reads weights itself)."""
+    if path is not None and Path(path).suffix == ".safetensors":
         raise ConfigError(f"{setting}={path}: this file holds a model's weights alone, not a checkpoint; {setting} "
                           f"takes a run folder or a checkpoint ({CHECKPOINT_DIR}/step_*.pt), and "
                           f"trainer.init_from starts a new run from weights")
-    return path
 
 
 @functools.cache  # the metadata lookup costs more than the rest of a small checkpoint

@@ -23,10 +23,11 @@ config). Here, before the fit:
   alone would stop the job in the middle of a step, and the requeued job would start again from
   step 0. A job submitit does not requeue (requeued too often) stays interrupted, and only that
   job: a warning is the scheduler's word on one job, not the user's on the sweep.
-- The TensorBoard logger's figure writer is waited for when the task exits (the scheduler ends
-  a job's leftover processes: plugins/_figure_writer.py), and before the job is requeued (SLURM
-  ends all of them once it is: plugins/tensorboard_logger.py). It ignores the warning, which
-  SLURM sends to every process of the job's step.
+- The TensorBoard logger's figure writer is waited for at the end of the job's fit, before the
+  job returns its result or is requeued (the sweep reads the result at once, and SLURM ends a
+  job's leftover processes: plugins/tensorboard_logger.py), and again when the task exits
+  (plugins/_figure_writer.py). It ignores the warning, which SLURM sends to every process of
+  the job's step.
 - ``hydra.launcher.cpus_per_task``, where set, is the number of torch threads of each task
   (SLURM reserves that many cores; submitit_local does not pin, so this is how its parallel
   jobs share the cores).

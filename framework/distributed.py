@@ -201,7 +201,7 @@ class Launch:
         folder, exit_code = _broadcast([None, None])
         if folder is None:
             raise RankZeroStopped(exit_code)
-        from framework.resume import hydra_value
+        from framework.overrides import hydra_value
 
         kept = [arg for arg in args if not arg.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
         return [*kept, f"hydra.run.dir={hydra_value(folder)}", *QUIET_HYDRA]

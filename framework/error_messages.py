@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import re
+import shlex
 
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework.errors import FrameworkError, OutputError
+from framework.overrides import hydra_value
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 CONFIG_ERROR_EXIT = 2
@@ -104,11 +106,12 @@ def quoting_hint(error: Exception) -> str | None:
     """For an override Hydra's grammar cannot read, where the value holds Hydra's syntax."""
     override = getattr(error, "override", None)
     key, equals, value = (override if isinstance(override, str) else "").partition("=")
-    # A folder of a sweep's job is named after its overrides: it holds '=' (and ',').
-    if not equals or not re.search(r"[=\s]", value) or value[:1] in "'\"":
+    # A folder of a sweep's job is named after its overrides: it holds '=' (and ','). A list,
+    # dict or function call is Hydra's syntax, left as it is.
+    if not equals or not re.search(r"[=\s]", value) or value[:1] in "'\"[{(":
         return None
     return (f"in {override!r}, a value holding '=' or spaces (a sweep job's folder) goes in quotes: "
-            f"'{key}=\"{value}\"'")
+            f"{shlex.quote(f'{key}={hydra_value(value)}')}")
 
 
 def available_keys_hint(error: Exception) -> str | None:

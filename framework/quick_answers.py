@@ -25,6 +25,7 @@ from typing import Any
 
 from framework import schema_cache
 from framework.locations import config_dir
+from framework.overrides import override_key
 from framework.registry import KINDS, PER_FIT_KINDS
 
 HELP_FLAGS = ("--help", "-h")
@@ -61,7 +62,7 @@ def _answerable(argv: list[str]) -> bool:
         if arg.startswith("-"):
             if arg not in HELP_FLAGS:
                 return False
-        elif arg.lstrip("+~").partition("=")[0] in DECIDED_BEFORE_HYDRA:
+        elif override_key(arg) in DECIDED_BEFORE_HYDRA:
             return False
     return True
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,12 @@ from framework.checkpoints import (
     find_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    refuse_weights_file,
     restore_host_state,
 )
 from framework.errors import ConfigError
 from framework.outputs import RESULT_FILE
+from framework.overrides import hydra_value, last_override_index, override_key
 from framework.plugin_manager import PluginManager, call_each
 from framework.state import BuiltRun, LoopState
 from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
@@ -35,6 +36,8 @@ from framework.weights import WEIGHTS_FILE, load_model_weights, read_weights
 log = logging.getLogger(__name__)
 
 RESUME_KEY = "trainer.resume"
+# The settings that name a run folder or a file of one: where a run starts from.
+FOLDER_KEYS = (RESUME_KEY, "trainer.init_from")
 # Settings a resumed run may change: how long it runs, what it logs and saves, where it runs.
 # Everything else must equal the checkpoint's, or the run would not be the one it continues.
 MAY_CHANGE = (
@@ -74,7 +77,7 @@ def check_compatible(checkpoint: dict[str, Any], state: LoopState, path: Path) -
                if saved.get(key) != current.get(key) and not key.startswith(MAY_CHANGE)]
     if changed:
         listed = ", ".join(f"{key}={saved.get(key)!r} there but {current.get(key)!r} here" for key in changed)
-        free = [key for key in MAY_CHANGE if key not in (RESUME_KEY, "trainer.init_from")]
+        free = [key for key in MAY_CHANGE if key not in FOLDER_KEYS]
         raise ConfigError(
             f"{path} was made with other settings: {listed}. A resumed run keeps the checkpoint's "
             f"settings (only {', '.join(free)} may change); to start a new run from its "
@@ -160,10 +163,11 @@ def warm_start(state: LoopState, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _override_value(args: list[str], key: str) -> str | None:
+def override_value(args: list[str], key: str) -> str | None:
+    """The string ``args`` give ``key`` (with or without ``+``/``++``), or None."""
     parser = OverridesParser.create()
     for arg in args:
-        if arg.startswith(key + "="):
+        if override_key(arg) == key and "=" in arg:
             try:
                 value = parser.parse_override(arg).value()
             except Exception:  # Hydra itself reports a malformed override
@@ -182,14 +186,6 @@ def run_folder_of(where: str) -> Path | None:
     return None
 
 
-def hydra_value(value: str) -> str:
-    """A string as one Hydra override value: quoted when it holds Hydra syntax (job folders
-    hold '=' and ',')."""
-    if re.fullmatch(r"[\w./:+@~-]+", value):
-        return value
-    return '"' + value.replace('"', '\\"') + '"'
-
-
 def holds_a_trained_run(folder: Path) -> bool:
     """Whether a run that took steps has written into ``folder`` (a refused run has not)."""
     if latest_checkpoint(folder) is not None:
@@ -200,10 +196,6 @@ def holds_a_trained_run(folder: Path) -> bool:
         return False
 
 
-# The settings that name a run folder or a file of one.
-FOLDER_KEYS = (RESUME_KEY, "trainer.init_from")
-
-
 def quoted_folder_overrides(args: list[str]) -> list[str]:
     """``trainer.resume=`` and ``trainer.init_from=`` naming an existing folder or file whose
     name Hydra would read as syntax, quoted for Hydra: a sweep job's folder is named after its
@@ -212,8 +204,8 @@ def quoted_folder_overrides(args: list[str]) -> list[str]:
     quoted = []
     for arg in args:
         key, equals, value = arg.partition("=")
-        if (equals and key.lstrip("+") in FOLDER_KEYS and value[:1] not in ("'", '"')
-                and hydra_value(value) != value and os.path.exists(value)):
+        if (equals and override_key(arg) in FOLDER_KEYS and value[:1] not in ("'", '"')
+                and hydra_value(value) != value and os.path.exists(os.path.expanduser(value))):
             arg = f"{key}={hydra_value(value)}"
         quoted.append(arg)
     return quoted
@@ -229,13 +221,13 @@ def run_folder_overrides(args: list[str]) -> list[str]:
     double its curves); a sweep resumes no job (each job's log has its own resume command).
     """
     args = quoted_folder_overrides(args)
-    where = _override_value(args, RESUME_KEY)
+    where = override_value(args, RESUME_KEY)
     if any(arg in ("-m", "--multirun") for arg in args):
         if where is not None:
             raise ConfigError(f"{RESUME_KEY} resumes one run, not a sweep: resume each interrupted job "
                               "with the command its log ends with")
         return args
-    chosen = _override_value(args, "hydra.run.dir")
+    chosen = override_value(args, "hydra.run.dir")
     if where is None:
         if chosen is not None and holds_a_trained_run(Path(chosen)):
             raise ConfigError(
@@ -243,36 +235,31 @@ def run_folder_overrides(args: list[str]) -> list[str]:
                 "or choose another folder"
             )
         return args
+    refuse_weights_file(RESUME_KEY, where)  # before Hydra makes a run folder for it
     resumed = run_folder_of(where)
-    if resumed is not None:
-        args = [*own_overrides(resumed, given=args), *args]
+    extra = [] if resumed is None else own_overrides(resumed, given=args)
     folder = Path(chosen) if chosen is not None else resumed
-    if folder is None or not holds_a_trained_run(folder):
-        return args  # a new folder: Hydra's own, or the one named
-    extra = [] if chosen is not None else [f"hydra.run.dir={hydra_value(str(folder.resolve()))}"]
-    if not any(arg.startswith("hydra.output_subdir=") for arg in args):
-        extra.append("hydra.output_subdir=.hydra/resume_${now:%Y-%m-%d_%H-%M-%S}")
-    return [*args, *extra]
-
-
-def override_key(override: str) -> str:
-    """``optimizer.lr`` of ``optimizer.lr=0.1``, ``task`` of ``+task=polyfit``."""
-    return override.partition("=")[0].lstrip("+~")
-
-
-# A run's own overrides that a resume does not take: how it started (the checkpoint holds what
-# came of it); nor ``hydra.*``: where it writes, the resume decides.
-NOT_RESUMED = (RESUME_KEY, "trainer.init_from")
+    if folder is not None and holds_a_trained_run(folder):  # else a new folder: Hydra's own, or the one named
+        if chosen is None:
+            extra.append(f"hydra.run.dir={hydra_value(str(folder.resolve()))}")
+        if not any(arg.startswith("hydra.output_subdir=") for arg in args):
+            extra.append("hydra.output_subdir=.hydra/resume_${now:%Y-%m-%d_%H-%M-%S}")
+    # After the last override given: options after it (--cfg job) keep their place.
+    end = last_override_index(args) + 1
+    return [*args[:end], *extra, *args[end:]]
 
 
 def own_overrides(run_dir: Path, given: list[str]) -> list[str]:
-    """The overrides the run in ``run_dir`` was started with (its ``.hydra/overrides.yaml``)
-    whose keys ``given`` does not set: ``trainer.resume=RUN`` alone resumes the run as its own
-    command would, and any override given again, or added, goes on top."""
+    """The overrides of the command that wrote the run's latest checkpoint (:func:`overrides_file`)
+    that ``given`` does not set: ``trainer.resume=RUN`` alone resumes the run as its own command
+    would, and any override given again, or added, goes on top. A key given also drops the saved
+    ones under it (``logger=[]`` drops ``logger.console.lines=2``). Not taken: how the run started
+    (``trainer.resume``, ``trainer.init_from``: the checkpoint holds what came of it), and
+    ``hydra.*`` (where it writes: the resume decides)."""
     import yaml
 
     try:
-        saved = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+        saved = yaml.safe_load(overrides_file(run_dir).read_text())
     except (OSError, yaml.YAMLError):
         return []
     if not isinstance(saved, list):
@@ -281,9 +268,24 @@ def own_overrides(run_dir: Path, given: list[str]) -> list[str]:
     taken = []
     for item in map(str, saved):
         key = override_key(item)
-        if key not in keys and key not in NOT_RESUMED and not key.startswith("hydra."):
+        covered = key in keys or any(key.startswith(given_key + ".") for given_key in keys)
+        if not covered and key not in FOLDER_KEYS and not key.startswith("hydra."):
             taken.append(item)
     return taken
+
+
+def overrides_file(run_dir: Path) -> Path:
+    """The overrides of the command that wrote the run's latest checkpoint: the newest snapshot
+    of a resume (``.hydra/resume_<time>/``) made before that checkpoint, else the run's own
+    (``.hydra/``). A resume that was refused left a snapshot and no checkpoint: not taken."""
+    original = run_dir / ".hydra" / "overrides.yaml"
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return original
+    written = latest.stat().st_mtime
+    made = [(path.stat().st_mtime, path) for path in run_dir.glob(".hydra/resume_*/overrides.yaml")]
+    before = [path for when, path in sorted(made) if when <= written]
+    return before[-1] if before else original
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:

@@ -58,10 +58,18 @@ def raise_interrupted(signum: int, frame) -> None:
 
 
 def raise_interrupted_once(signum: int, frame) -> None:
-    """As :func:`raise_interrupted`, for a process that ends on the first SIGINT or SIGTERM: later
-    ones are ignored, so that they cannot cut short what it writes on its way out."""
+    """As :func:`raise_interrupted`, for a process that ends on the first SIGINT or SIGTERM: the
+    next one is ignored, so that an impatient second Ctrl-C cannot cut short what it writes on
+    its way out; a third ends it at once (exit 128 + the signal), should that writing hang."""
+    repeats = []
+
+    def on_repeat(repeated: int, frame) -> None:
+        repeats.append(repeated)
+        if len(repeats) > 1:
+            os._exit(128 + repeated)
+
     for other in handled_signals():
-        signal.signal(other, signal.SIG_IGN)
+        signal.signal(other, on_repeat)
     raise_interrupted(signum, frame)
 
 

@@ -26,6 +26,7 @@ from framework.console import print_quietly
 from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
 from framework.quick_answers import HELP_FLAGS
+from framework.overrides import last_override_index
 from framework.signals import handled_signals, on_stop_signals, raise_interrupted_once, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -76,23 +77,6 @@ def help_without_sweeps(args: list[str]) -> list[str]:
                 pass
         kept.append(arg)
     return kept
-
-
-def last_override_index(args: list[str]) -> int:
-    """Where the last override is in ``args`` (-1: none): an argument that is neither an option
-    nor an option's value, as Hydra's own argument parser defines its options."""
-    from hydra._internal.utils import get_args_parser
-
-    options = {option: action for action in get_args_parser()._actions for option in action.option_strings}
-    last, previous = -1, None
-    for index, arg in enumerate(args):
-        action = options.get(previous)
-        # An option with nargs None takes the next argument; one with "?" (--info) only a choice.
-        is_value = action is not None and (action.nargs is None or (action.nargs == "?" and arg in action.choices))
-        if not arg.startswith("-") and not is_value:
-            last = index
-        previous = arg
-    return last
 
 
 def threads_per_job(n_jobs: int | None, cores: int | None = None) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -362,7 +363,35 @@ def test_trainer_resume_alone_resumes_with_the_runs_own_overrides(tmp_path):
     assert (result["status"], result["steps"], result["params"]) == ("completed", 50, params)
     assert not list(run_dir.glob("events.out.tfevents.*"))  # logger=[] was the run's own too
     taken = yaml.safe_load(next(run_dir.glob(".hydra/resume_*/overrides.yaml")).read_text())
-    assert taken[:3] == ["+task=linear", "optimizer.lr=0.01", "logger=[]"], taken
+    assert taken[-3:] == ["+task=linear", "optimizer.lr=0.01", "logger=[]"], taken
+
+
+def test_trainer_resume_alone_takes_the_overrides_of_the_command_that_wrote_the_checkpoint(tmp_path):
+    """A run resumed before goes on with what its last resume chose (``logger=[]``, which drops
+    the run's own ``logger.console.lines=2`` under it), not with what a refused resume asked
+    (another learning rate) nor with the run's first command; options after the overrides
+    (``--cfg job``) keep their place."""
+    run_dir = tmp_path / "run"
+
+    def cli(*args):
+        return run_cli(*args, cwd=tmp_path)
+
+    first = cli("+task=linear", "optimizer.lr=0.01", "trainer.max_steps=20", "logger.console.lines=2",
+                "logger.tensorboard.figures=false", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0 and "step 20/20" in first.stdout + first.stderr, first.stderr
+    second = cli(f"trainer.resume={run_dir}", "trainer.max_steps=50", "logger=[]")
+    assert second.returncode == 0, second.stderr
+    time.sleep(1.1)  # resume snapshots are named by the second
+    refused = cli(f"trainer.resume={run_dir}", "optimizer.lr=0.5")
+    assert refused.returncode == 2 and "optimizer.lr" in refused.stderr, refused.stderr
+    last = cli(f"trainer.resume={run_dir}", "trainer.max_steps=80")
+    assert last.returncode == 0, last.stderr
+    assert re.search(r"step \d+/80", last.stdout + last.stderr) is None  # logger=[]: no console lines
+    result = json.loads((run_dir / "result.json").read_text())
+    params, _ = plain_linear(0.01, 80)
+    assert (result["status"], result["steps"], result["params"]) == ("completed", 80, params)
+    shown = cli(f"trainer.resume={run_dir}", "--cfg", "job")
+    assert shown.returncode == 0 and "lr: 0.01" in shown.stdout, shown.stderr
 
 
 def test_full_error_env_shows_the_traceback(tmp_path):

@@ -35,6 +35,9 @@ CASES = [
     (["model=nope"], CONFIG_ERROR),
     (["+task=nope"], CONFIG_ERROR),
     (["+task=linear", "logger=[console,nope]"], CONFIG_ERROR),
+    (["+task=linear", "callback=[early_stop]"], CONFIG_ERROR),
+    (["+task=linear", "trainer.max_steps=1e3"], CONFIG_ERROR),
+    (["+task=linear2d", "data=csv", "data.path=runs/a=b.csv"], CONFIG_ERROR),
     (["+task=linear", "model=null"], CONFIG_ERROR),
     (["+task=linear", "+trainer.max_steps=3"], CONFIG_ERROR),
 ]

@@ -73,6 +73,14 @@ def raise_interrupted_once(signum: int, frame) -> None:
     raise_interrupted(signum, frame)
 
 
+def interrupt_once_on_stop_signals() -> None:
+    """SIGINT and SIGTERM call :func:`raise_interrupted_once` from now on; in the main thread only,
+    where handlers can be set (as :func:`on_stop_signals`)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in handled_signals():
+            signal.signal(signum, raise_interrupted_once)
+
+
 def handled_signals() -> list[int]:
     """The stop signals this process does not ignore."""
     return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
 from framework.quick_answers import HELP_FLAGS
 from framework.overrides import last_override_index
-from framework.signals import handled_signals, on_stop_signals, raise_interrupted_once, restore_handlers
+from framework.signals import interrupt_once_on_stop_signals, on_stop_signals, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -238,8 +237,7 @@ class SweepSummary(Callback):
             # The jobs are the cluster's, and this process only watches them: a Ctrl-C or a
             # SIGTERM here stops the watch (framework.cli.cut_short), not the jobs, and a second
             # one leaves the summary it then writes whole.
-            for signum in handled_signals():
-                signal.signal(signum, raise_interrupted_once)
+            interrupt_once_on_stop_signals()
             return
         SweepSummary.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
 

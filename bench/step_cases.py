@@ -228,10 +228,10 @@ def cuda_polyfit(framework: FrameworkSide, settings: Settings) -> list[Row]:
     import torch
 
     if not torch.cuda.is_available():
-        return [Row("cuda", "CUDA W1 polyfit, no logging", "python -m framework +task=polyfit trainer.device=cuda "
+        return [Row("cuda", "CUDA W1 polyfit", "python -m framework +task=polyfit trainer.device=cuda "
                     "logger=[]", "the W1 tutorial loop on the GPU", "step", skipped="torch sees no CUDA device")]
     return logging_case(
         "cuda", "CUDA W1 polyfit", "polyfit", partial(plain_loops.polyfit, device="cuda"),
         "tutorial loop on the GPU: X = [x², x, 1] (20 rows), one (3,1) weight, NAdam lr 0.01, MSE",
-        framework, settings, steps=1000, repeats=7, device="cuda", variants=LOGGING_VARIANTS[:1],
+        framework, settings, steps=1000, repeats=7, device="cuda", variants=LOGGING_VARIANTS,
         rtol=1e-3, atol=1e-3)

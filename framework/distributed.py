@@ -351,6 +351,39 @@ def weighted_allreduce(share: StepShare, bucket):  # no annotation: DDP checks i
     return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
 
 
+def sharing_ranks(gpu_ids: list[int]) -> tuple[int, int] | None:
+    """The first two ranks whose GPUs are one (``gpu_ids[r]``: rank r's GPU), or None."""
+    first_rank: dict[int, int] = {}
+    for rank_number, gpu in enumerate(gpu_ids):
+        if gpu in first_rank:
+            return first_rank[gpu], rank_number
+        first_rank[gpu] = rank_number
+    return None
+
+
+def check_one_gpu_per_rank(device: torch.device) -> None:
+    """Refuse, on every rank alike, ranks that share a GPU: NCCL gives each rank a GPU of its own,
+    and would stop them with 'Duplicate GPU detected' deep in DDP's first broadcast. That is
+    torchrun with more processes per node than the node has GPUs (``cuda:LOCAL_RANK % count``
+    wraps around); a rank that sees one GPU of its own (a cluster's binding) passes."""
+    import zlib
+
+    import torch.distributed as dist
+
+    # The GPU's UUID names the physical device whatever CUDA_VISIBLE_DEVICES says; a CPU tensor
+    # goes through gloo, before NCCL is asked anything.
+    mine = torch.tensor([zlib.crc32(str(torch.cuda.get_device_properties(device).uuid).encode())])
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    shared = sharing_ranks([int(gpu) for gpu in everyone])
+    if shared is not None:
+        count = torch.cuda.device_count()
+        raise ConfigError(
+            f"ranks {shared[0]} and {shared[1]} would share one GPU ({torch.cuda.get_device_name(device)}), "
+            f"and NCCL needs a GPU for each rank: start at most {count} process(es) on this machine "
+            f"(torchrun --nproc_per_node={count}), or train the ranks on the CPU with trainer.device=cpu")
+
+
 class DataParallel:
     """The DDP wrapper of a built run, the step that trains a rank's shard, and the agreement on
     stops; built after the model, optimizer and progress are final (after a resume)."""
@@ -366,6 +399,8 @@ class DataParallel:
                               f"which DDP does not share between ranks; use another optimizer, or "
                               f"{STRATEGY_KEY}=single")
         self.check_batches(run)
+        if run.device.type == "cuda":
+            check_one_gpu_per_rank(run.device)
         self.reduction = rows_reduction(run.loss_fn, run.data.targets)
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         # Constructing it broadcasts rank 0's parameters, and waits for every rank: no rank

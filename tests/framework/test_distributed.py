@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.distributed import LAUNCH_ENV, block, command_line_strategy, rows_reduction, wants_ddp
+from framework.distributed import (LAUNCH_ENV, block, command_line_strategy, rows_reduction, sharing_ranks,
+                                  wants_ddp)
 from framework.errors import ConfigError
 from framework_plugins.losses import sum_squared_error
 
@@ -86,3 +87,12 @@ def test_the_weights_make_the_single_process_gradient_from_unequal_blocks():
             part = loss_fn(features[start:stop] @ weight.T, targets[start:stop])
             combined += share * torch.autograd.grad(part, weight)[0]
         torch.testing.assert_close(combined, whole)
+
+
+@pytest.mark.parametrize("gpus,shared", [
+    ([], None), ([7], None), ([3, 5, 9], None),
+    ([4, 4], (0, 1)),  # two ranks on a machine with one GPU: LOCAL_RANK % 1 gives both GPU 0
+    ([1, 2, 1, 2], (0, 2)),  # four ranks on two GPUs: the first pair that shares is named
+])
+def test_ranks_that_would_share_a_gpu_are_found(gpus, shared):
+    assert sharing_ranks(gpus) == shared

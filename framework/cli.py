@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import torch
@@ -45,7 +46,8 @@ from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
 from framework.run_folders import register_resolvers
 from framework.schema import null_group_overrides, store_configs
-from framework.signals import Interrupted, exit_code, handled_signals, raise_interrupted, signal_of
+from framework.signals import (Interrupted, exit_code, handled_signals, interrupt_behind, raise_interrupted,
+                               signal_of)
 from framework.sweeps import (
     SweepSummary,
     exclude_fixed_overrides,
@@ -161,15 +163,14 @@ def run_command_line() -> None:
         if SweepSummary.failure is not None:
             raise SweepSummary.failure
     except KeyboardInterrupt as interrupt:
-        # A fit that was stopped has logged where it stopped and how to resume.
-        if not getattr(interrupt, "message", ""):
-            print("interrupted: the run folder keeps what was logged, and result.json says where it stopped"
-                  if jobs_started else STARTUP_INTERRUPTED, file=sys.stderr)
-        sys.exit(exit_code(interrupt))
+        exit_interrupted(interrupt, jobs_started)
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         stop_writing_to(sys.stdout)
         sys.exit(1)
     except Exception as error:
+        signum = interrupt_behind(error)
+        if signum is not None:  # a Ctrl-C that a library's code turned into an error of its own
+            exit_interrupted(Interrupted(signum), jobs_started)
         if user_wants_traceback:
             raise
         message, code = describe_error(error)
@@ -183,6 +184,15 @@ def run_command_line() -> None:
             sys.stdout.flush()
         except BrokenPipeError:
             stop_writing_to(sys.stdout)
+
+
+def exit_interrupted(interrupt: KeyboardInterrupt, jobs_started: list[bool]) -> NoReturn:
+    """One line on stderr (a fit that was stopped has logged where it stopped and how to resume),
+    and exit 128 + the signal."""
+    if not getattr(interrupt, "message", ""):
+        print("interrupted: the run folder keeps what was logged, and result.json says where it stopped"
+              if jobs_started else STARTUP_INTERRUPTED, file=sys.stderr)
+    sys.exit(exit_code(interrupt))
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from framework.ranges import check_ranges
 from framework.registry import PER_FIT_KINDS, Registry
 from framework.resume import resume_command, resume_from, warm_start
 from framework.schema import TrainerConfig, loss_tolerance, unknown_keys
-from framework.signals import Interrupted, stop_on_signals
+from framework.signals import Interrupted, interrupt_behind, stop_on_signals
 from framework.trace import trace_fit
 
 log = logging.getLogger("framework")
@@ -126,7 +126,7 @@ def run_training(
             # A run refused before its first step still leaves a result.json for sweep summaries,
             # but never in place of the record of a run that did start (a refused resume).
             if run_dir is not None and not (Path(run_dir) / RESULT_FILE).exists() and distributed.rank() == 0:
-                interrupted = isinstance(error, KeyboardInterrupt)
+                interrupted = isinstance(error, KeyboardInterrupt) or interrupt_behind(error) is not None
                 write_result(run_dir, unstarted_result(
                     task=task, status="interrupted" if interrupted else "failed",
                     stop_reason="interrupted" if interrupted else "error", device=device,

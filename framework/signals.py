@@ -57,6 +57,22 @@ def raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def interrupt_behind(error: BaseException) -> int | None:
+    """The signal behind ``error`` where a library made an error of its own out of the interrupt
+    :func:`raise_interrupted` raised (Python 3.11 wraps one raised in a ``__set_name__`` in a
+    RuntimeError; OmegaConf, cut short in the middle of building a node, can fail on the half-built
+    node as it cleans up, and Hydra wraps that): the interrupt in the error's chain, else the last
+    signal raised that no fit has acted on. None for an error that no interrupt caused."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return signal_of(link)
+        seen.add(id(link))
+        link = link.__cause__ if link.__cause__ is not None else link.__context__
+    return RAISED_BEFORE_A_FIT[-1] if RAISED_BEFORE_A_FIT else None
+
+
 def raise_interrupted_once(signum: int, frame) -> None:
     """As :func:`raise_interrupted`, for a process that ends on the first SIGINT or SIGTERM: the
     next one is ignored, so that an impatient second Ctrl-C cannot cut short what it writes on

@@ -253,6 +253,42 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_run(tmp_path):
     assert not folder.exists()
 
 
+# A plugin whose resolver makes an error of its own out of a Ctrl-C that lands in it, as Python
+# 3.11 does in a class's __set_name__ and OmegaConf can while it builds a node; INTERRUPT_AS says
+# whether the error keeps the interrupt as its cause or swallows it first.
+SIGINT_INTO_AN_ERROR = """
+import os, signal, time
+
+from omegaconf import OmegaConf
+
+
+def interrupt_into_an_error(path):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the signal lands here, as a Ctrl-C would
+    except KeyboardInterrupt as interrupt:
+        if os.environ["INTERRUPT_AS"] == "cause":
+            raise RuntimeError("Error calling __set_name__") from interrupt
+    raise ValueError("a half-built node")
+
+
+OmegaConf.register_new_resolver("interrupt_into_an_error", interrupt_into_an_error)
+"""
+
+
+@pytest.mark.parametrize("interrupt_as", ["cause", "swallowed"])
+def test_a_ctrl_c_that_a_library_made_into_an_error_is_reported_as_an_interrupt(tmp_path, interrupt_as):
+    """Not as that error (exit 1 or 2, 'Error calling __set_name__'): as the Ctrl-C it was."""
+    site = install_distribution(tmp_path / "site", distribution="into-an-error", package="into_an_error",
+                                source=SIGINT_INTO_AN_ERROR, entry_point="into_an_error")
+    folder = tmp_path / "run"
+    process = start(tmp_path, "+task=linear", f"hydra.run.dir=${{interrupt_into_an_error:{folder}}}",
+                    env=plugin_env(site, INTERRUPT_AS=interrupt_as))
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "interrupted during start-up; nothing was run", stderr
+
+
 SWEEP = (*TASK[:-2], "trainer.max_steps=20000")
 
 

@@ -49,3 +49,32 @@ def test_an_interrupt_swallowed_during_set_up_stops_the_fit_at_once(set_up_handl
 def test_without_a_signal_the_fit_runs_to_its_end(set_up_handlers, train, tmp_path):
     result = train(["+task=linear", "trainer.max_steps=20", "logger=[]"], run_dir=tmp_path)
     assert result["status"] == "completed" and result["steps"] == 20
+
+
+def made_into_an_error(signum: int, *, chained: bool) -> Exception:
+    """What a library's code makes of a signal delivered inside it: an error of its own, raised
+    from the interrupt (``chained``) or after swallowing it (the chain lost)."""
+    try:
+        try:
+            os.kill(os.getpid(), signum)
+            signal.sigtimedwait([], 0)
+        except KeyboardInterrupt as interrupt:
+            if chained:
+                raise RuntimeError("Error calling __set_name__ on 'Field' instance") from interrupt
+        raise ValueError("a half-built node")
+    except Exception as error:  # noqa: BLE001 - the error the command line would see
+        return error
+
+
+@pytest.mark.parametrize("chained", [True, False], ids=["chained", "chain lost"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_signal_behind_a_library_error_is_found(set_up_handlers, signum, chained):
+    error = made_into_an_error(signum, chained=chained)
+    assert signals.interrupt_behind(error) == signum
+
+
+def test_an_error_no_signal_caused_has_no_signal_behind_it(set_up_handlers):
+    try:
+        raise RuntimeError("outer") from ValueError("inner")
+    except RuntimeError as error:
+        assert signals.interrupt_behind(error) is None

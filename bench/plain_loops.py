@@ -161,6 +161,35 @@ def sliced_epochs(epochs: int, *, rows: int, batch_size: int, lr: float) -> tupl
     return seconds, fit.outcome()
 
 
+def bare_epochs(epochs: int, *, rows: int, batch_size: int, lr: float) -> tuple[float, Outcome]:
+    """The least an autograd step can cost: two leaf tensors, F.linear and F.mse_loss, the epoch's
+    rows gathered once and sliced, ``p -= lr * p.grad`` by hand. No module, no optimizer object."""
+    import torch.nn.functional as F
+
+    features, targets = line_data(rows)
+    weight, bias = torch.zeros(1, 1, requires_grad=True), torch.zeros(1, requires_grad=True)
+
+    def full_loss() -> float:
+        with torch.no_grad():
+            return F.mse_loss(F.linear(features, weight, bias), targets).item()
+
+    initial = full_loss()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(rows)
+        shuffled_features, shuffled_targets = features[order], targets[order]
+        for start in range(0, rows, batch_size):
+            stop = start + batch_size
+            loss = F.mse_loss(F.linear(shuffled_features[start:stop], weight, bias), shuffled_targets[start:stop])
+            weight.grad = bias.grad = None
+            loss.backward()
+            with torch.no_grad():
+                weight.sub_(weight.grad, alpha=lr)
+                bias.sub_(bias.grad, alpha=lr)
+    seconds = time.perf_counter() - started
+    return seconds, Outcome(full_loss(), flat(weight, bias), initial)
+
+
 def dataloader_epochs(epochs: int, *, rows: int, batch_size: int, lr: float) -> tuple[float, Outcome]:
     """The textbook way: DataLoader(TensorDataset(X, y), batch_size, shuffle=True)."""
     features, targets = line_data(rows)

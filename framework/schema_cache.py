@@ -20,7 +20,8 @@ The cache is keyed on everything that can change the answer:
 A cache whose key differs, or that cannot be read or understood, is ignored (never an error);
 the next full run rewrites it, atomically. FRAMEWORK_SCHEMA_CACHE=0 turns it off; its folder
 is ``$XDG_CACHE_HOME/framework`` (default ``~/.cache/framework``), one file per Python
-executable and framework installation.
+executable and framework installation; writing one removes those whose executable or
+installation is gone.
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ class SchemaCache:
             return         # answers take the full path
         plugin_files = third_party_files(manager)
         stored = {"format": FORMAT, "key": digest(self.environment, plugin_files),
+                  "owner": {"executable": sys.executable, "framework": str(FRAMEWORK_DIR)},
                   "plugin_files": plugin_files, **described}
         text = json.dumps(stored).encode("utf-8")
         try:
@@ -311,6 +313,23 @@ class SchemaCache:
         except (OSError, OutputError):  # an unwritable home folder: the answers take the full path
             return
         self.stored, self.fresh = stored, True
+        prune_orphans(self.path.parent, keep=self.path)
+
+
+def prune_orphans(folder: Path, keep: Path) -> None:
+    """Remove the caches of Python executables or framework installations that no longer exist
+    (a deleted virtual environment or checkout): one file each, never read again. Done when a
+    cache is written, which is rare (a stale key), so no answer waits on it; never an error."""
+    for path in folder.glob("schemas-*.json"):
+        if path == keep:
+            continue
+        try:
+            owner = json.loads(path.read_text(encoding="utf-8")).get("owner")
+            if isinstance(owner, dict) and not (os.path.exists(owner.get("executable", ""))
+                                                and os.path.isdir(owner.get("framework", ""))):
+                path.unlink()
+        except (OSError, ValueError, AttributeError):  # another process's, half-read, or not ours
+            continue
 
 
 def describe_registry(registry) -> dict:

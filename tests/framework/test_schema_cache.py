@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -150,3 +151,20 @@ def test_the_cache_folder_follows_xdg_cache_home_and_can_be_turned_off(tmp_path,
         assert not schema_cache.enabled()
     monkeypatch.delenv(schema_cache.CACHE_ENV)
     assert schema_cache.enabled()
+
+
+def test_writing_a_cache_removes_those_of_deleted_environments_and_keeps_the_others(registry, tmp_path):
+    folder = tmp_path / "framework"
+    folder.mkdir()
+    alive = {"executable": sys.executable, "framework": str(schema_cache.FRAMEWORK_DIR)}
+    gone_venv = {"executable": str(tmp_path / "deleted-venv" / "bin" / "python"), "framework": alive["framework"]}
+    gone_checkout = {"executable": sys.executable, "framework": str(tmp_path / "deleted-checkout" / "framework")}
+    caches = {name: folder / f"schemas-{name}.json" for name in ("alive", "venv", "checkout", "old", "other")}
+    for name, owner in (("alive", alive), ("venv", gone_venv), ("checkout", gone_checkout)):
+        caches[name].write_text(json.dumps({"format": 1, "key": "k", "owner": owner}))
+    caches["old"].write_text(json.dumps({"format": 1, "key": "k"}))  # written before owners were kept
+    caches["other"].write_text("{not json")
+    SchemaCache(folder / "schemas-mine.json").save(registry, FakeManager())
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        f"schemas-{name}.json" for name in ("alive", "old", "other", "mine"))
+    assert json.loads((folder / "schemas-mine.json").read_text())["owner"] == alive

@@ -46,8 +46,8 @@ from framework.resume import run_folder_overrides
 from framework.run import run_hydra_job
 from framework.run_folders import register_resolvers
 from framework.schema import null_group_overrides, store_configs
-from framework.signals import (Interrupted, exit_code, handled_signals, interrupt_behind, raise_interrupted,
-                               signal_of)
+from framework.signals import (Interrupted, exit_code, handled_signals, interrupt_behind, interrupts_as_raised,
+                               raise_interrupted, signal_of)
 from framework.sweeps import (
     SweepSummary,
     exclude_fixed_overrides,
@@ -118,7 +118,8 @@ def run_command_line() -> None:
 
         def run_job(cfg: DictConfig, hydra_config, multirun: bool, sweep_dir: Path | None) -> float | None:
             try:
-                result = run_hydra_job(cfg, manager=manager, registry=registry)
+                with interrupts_as_raised():  # not reported as a failed job: the Ctrl-C it was
+                    result = run_hydra_job(cfg, manager=manager, registry=registry)
             except KeyboardInterrupt as interrupt:  # Interrupted: a fit that stopped and saved
                 if not multirun:
                     raise

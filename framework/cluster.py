@@ -142,7 +142,9 @@ def start_task(trainer: DictConfig, launcher: DictConfig) -> ClusterTask | None:
         import torch
 
         torch.set_num_threads(int(threads))
-    if task.tasks > 1:
+    # A job of one task with trainer.strategy=ddp is a group of one, as torchrun
+    # --nproc_per_node=1 makes it (a sweep of DDP jobs tried small first).
+    if task.tasks > 1 or trainer.get("strategy") == "ddp":
         export_torchrun_env()
         if task.rank > 0:
             leave_log_file_to_rank_zero()

@@ -351,9 +351,12 @@ def weighted_allreduce(share: StepShare, bucket):  # no annotation: DDP checks i
     return dist.all_reduce(packed, async_op=True).get_future().then(unpack)
 
 
-def sharing_ranks(gpu_ids: list[int]) -> tuple[int, int] | None:
+UUID_BYTES = 64  # room for a GPU's UUID as torch writes it ("GPU-" and 36 characters, or 36)
+
+
+def sharing_ranks(gpu_ids: list) -> tuple[int, int] | None:
     """The first two ranks whose GPUs are one (``gpu_ids[r]``: rank r's GPU), or None."""
-    first_rank: dict[int, int] = {}
+    first_rank: dict = {}
     for rank_number, gpu in enumerate(gpu_ids):
         if gpu in first_rank:
             return first_rank[gpu], rank_number
@@ -361,27 +364,44 @@ def sharing_ranks(gpu_ids: list[int]) -> tuple[int, int] | None:
     return None
 
 
-def check_one_gpu_per_rank(device: torch.device) -> None:
-    """Refuse, on every rank alike, ranks that share a GPU: NCCL gives each rank a GPU of its own,
-    and would stop them with 'Duplicate GPU detected' deep in DDP's first broadcast. That is
-    torchrun with more processes per node than the node has GPUs (``cuda:LOCAL_RANK % count``
-    wraps around); a rank that sees one GPU of its own (a cluster's binding) passes."""
-    import zlib
+def shared_gpu_message(shared: tuple[int, int], gpu_name: str, requested: str, gpus_there: int) -> str:
+    """Why ranks that would share a GPU are refused, and what to do: a device named by number
+    (``trainer.device=cuda:N``) is every rank's; otherwise rank ``shared[1]``'s machine, with
+    ``gpus_there`` GPUs, was given more processes than it has GPUs."""
+    first, second = shared
+    problem = (f"ranks {first} and {second} would share one GPU ({gpu_name}), and NCCL needs a GPU for each "
+               f"rank: ")
+    if requested.startswith("cuda:"):
+        return problem + (f"trainer.device={requested} gives every rank that GPU; use trainer.device=cuda "
+                          f"(each rank the GPU of its LOCAL_RANK), or train the ranks on the CPU with "
+                          f"trainer.device=cpu")
+    return problem + (f"start at most {gpus_there} process(es) on rank {second}'s machine "
+                      f"(torchrun --nproc_per_node={gpus_there}), or train the ranks on the CPU with "
+                      f"trainer.device=cpu")
 
+
+def check_one_gpu_per_rank(device: torch.device, requested: str) -> None:
+    """Refuse, on every rank alike, ranks that share a GPU under NCCL, which gives each rank a GPU
+    of its own and would stop them deep in DDP's first broadcast. That is torchrun with more
+    processes on a machine than it has GPUs (``cuda:LOCAL_RANK % count`` wraps around), or
+    ``trainer.device=cuda:N`` under several ranks; a rank that sees one GPU of its own (a
+    cluster's binding) passes. A process group the caller made with gloo alone is left alone."""
     import torch.distributed as dist
 
-    # The GPU's UUID names the physical device whatever CUDA_VISIBLE_DEVICES says; a CPU tensor
-    # goes through gloo, before NCCL is asked anything.
-    mine = torch.tensor([zlib.crc32(str(torch.cuda.get_device_properties(device).uuid).encode())])
+    if "nccl" not in str(dist.get_backend()):
+        return
+    # The GPU's UUID names the physical device whatever CUDA_VISIBLE_DEVICES says; the machine's
+    # GPU count rides with it. A CPU tensor goes through gloo, before NCCL is asked anything.
+    uuid = str(torch.cuda.get_device_properties(device).uuid).encode()[:UUID_BYTES]
+    mine = torch.zeros(UUID_BYTES + 1, dtype=torch.int64)
+    mine[:len(uuid)] = torch.tensor(list(uuid), dtype=torch.int64)
+    mine[UUID_BYTES] = torch.cuda.device_count()
     everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
-    shared = sharing_ranks([int(gpu) for gpu in everyone])
+    shared = sharing_ranks([tuple(row[:UUID_BYTES].tolist()) for row in everyone])
     if shared is not None:
-        count = torch.cuda.device_count()
-        raise ConfigError(
-            f"ranks {shared[0]} and {shared[1]} would share one GPU ({torch.cuda.get_device_name(device)}), "
-            f"and NCCL needs a GPU for each rank: start at most {count} process(es) on this machine "
-            f"(torchrun --nproc_per_node={count}), or train the ranks on the CPU with trainer.device=cpu")
+        gpus_there = int(everyone[shared[1]][UUID_BYTES])
+        raise ConfigError(shared_gpu_message(shared, torch.cuda.get_device_name(device), requested, gpus_there))
 
 
 class DataParallel:
@@ -400,7 +420,7 @@ class DataParallel:
                               f"{STRATEGY_KEY}=single")
         self.check_batches(run)
         if run.device.type == "cuda":
-            check_one_gpu_per_rank(run.device)
+            check_one_gpu_per_rank(run.device, run.trainer.device)
         self.reduction = rows_reduction(run.loss_fn, run.data.targets)
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         # Constructing it broadcasts rank 0's parameters, and waits for every rank: no rank

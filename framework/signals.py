@@ -50,27 +50,47 @@ def signal_of(interrupt: KeyboardInterrupt) -> int:
 RAISED_BEFORE_A_FIT: list[int] = []
 
 
+class SignalRaised(Interrupted):
+    """What :func:`raise_interrupted` raises: a signal landing in whatever code ran."""
+
+
 def raise_interrupted(signum: int, frame) -> None:
     """The handler outside a fit (set-up, between a sweep's jobs): SIGINT and SIGTERM interrupt
     what runs, and are remembered in case that code swallows the interrupt."""
     RAISED_BEFORE_A_FIT.append(signum)
-    raise Interrupted(signum)
+    raise SignalRaised(signum)
 
 
 def interrupt_behind(error: BaseException) -> int | None:
     """The signal behind ``error`` where a library made an error of its own out of the interrupt
-    :func:`raise_interrupted` raised (Python 3.11 wraps one raised in a ``__set_name__`` in a
-    RuntimeError; OmegaConf, cut short in the middle of building a node, can fail on the half-built
-    node as it cleans up, and Hydra wraps that): the interrupt in the error's chain, else the last
-    signal raised that no fit has acted on. None for an error that no interrupt caused."""
+    :func:`raise_interrupted` raised inside its code (Python 3.11 wraps one raised in a
+    ``__set_name__`` in a RuntimeError; OmegaConf, cut short while building a node, can fail on
+    the half-built node as it cleans up, and Hydra wraps that): that interrupt, in the error's
+    chain (its cause, else the exception it was raised while handling). None for any other
+    error, also one raised while handling a Ctrl-C that Python's own handler raised (a script's
+    ``except KeyboardInterrupt:`` that trains again) or an interrupt the framework raised on
+    purpose after a fit stopped."""
     seen: set[int] = set()
     link: BaseException | None = error
     while link is not None and id(link) not in seen:
-        if isinstance(link, KeyboardInterrupt):
-            return signal_of(link)
+        if isinstance(link, SignalRaised):
+            return link.signal
         seen.add(id(link))
         link = link.__cause__ if link.__cause__ is not None else link.__context__
-    return RAISED_BEFORE_A_FIT[-1] if RAISED_BEFORE_A_FIT else None
+    return None
+
+
+@contextlib.contextmanager
+def interrupts_as_raised():
+    """An error that a library made out of a signal :func:`raise_interrupted` raised in its code
+    comes out as that signal's :class:`Interrupted`, for the code that handles interrupts."""
+    try:
+        yield
+    except Exception as error:
+        signum = interrupt_behind(error)
+        if signum is None:
+            raise
+        raise Interrupted(signum) from error
 
 
 def raise_interrupted_once(signum: int, frame) -> None:

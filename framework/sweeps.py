@@ -26,7 +26,7 @@ from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
 from framework.quick_answers import HELP_FLAGS
 from framework.overrides import last_override_index
-from framework.signals import interrupt_once_on_stop_signals, on_stop_signals, restore_handlers
+from framework.signals import RAISED_BEFORE_A_FIT, interrupt_once_on_stop_signals, on_stop_signals, restore_handlers
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -239,7 +239,14 @@ class SweepSummary(Callback):
             # one leaves the summary it then writes whole.
             interrupt_once_on_stop_signals()
             return
-        SweepSummary.previous_handlers = on_stop_signals(lambda signum: mark_interrupted(sweep_dir, signum))
+
+        def stop_the_sweep(signum: int) -> None:
+            mark_interrupted(sweep_dir, signum)
+            # A job of this process (the basic launcher's) being set up stops at its fit's
+            # first step, saved, as it would have in its fit (its fit's handler is not yet set).
+            RAISED_BEFORE_A_FIT.append(signum)
+
+        SweepSummary.previous_handlers = on_stop_signals(stop_the_sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         SweepSummary.summarise()

@@ -112,8 +112,12 @@ class FigureWriter:
         code = ("from framework.locations import builtin_package; builtin_package(); "
                 "from framework_plugins._figure_writer import serve; serve()")
         try:
+            # Its own session: a terminal's Ctrl-C goes to the training process alone, which
+            # stops and closes the pipe; in the writer's first second (its imports, before it
+            # ignores the signals) a Ctrl-C printed a traceback or "Fatal Python error".
             self.process = subprocess.Popen(
                 [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                start_new_session=True,
             )
         except OSError as error:
             self._stop(f"the figure writer could not start ({error}); figures are drawn in the training process")

@@ -255,7 +255,7 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_run(tmp_path):
 
 # A plugin whose resolver makes an error of its own out of a Ctrl-C that lands in it, as Python
 # 3.11 does in a class's __set_name__ and OmegaConf can while it builds a node; INTERRUPT_AS says
-# whether the error keeps the interrupt as its cause or swallows it first.
+# whether the error names the interrupt as its cause or is raised while handling it.
 SIGINT_INTO_AN_ERROR = """
 import os, signal, time
 
@@ -269,14 +269,14 @@ def interrupt_into_an_error(path):
     except KeyboardInterrupt as interrupt:
         if os.environ["INTERRUPT_AS"] == "cause":
             raise RuntimeError("Error calling __set_name__") from interrupt
-    raise ValueError("a half-built node")
+        raise ValueError("a half-built node")
 
 
 OmegaConf.register_new_resolver("interrupt_into_an_error", interrupt_into_an_error)
 """
 
 
-@pytest.mark.parametrize("interrupt_as", ["cause", "swallowed"])
+@pytest.mark.parametrize("interrupt_as", ["cause", "context"])
 def test_a_ctrl_c_that_a_library_made_into_an_error_is_reported_as_an_interrupt(tmp_path, interrupt_as):
     """Not as that error (exit 1 or 2, 'Error calling __set_name__'): as the Ctrl-C it was."""
     site = install_distribution(tmp_path / "site", distribution="into-an-error", package="into_an_error",
@@ -290,6 +290,42 @@ def test_a_ctrl_c_that_a_library_made_into_an_error_is_reported_as_an_interrupt(
 
 
 SWEEP = (*TASK[:-2], "trainer.max_steps=20000")
+
+# A plugin whose resolver sends its process one SIGINT, the first time a config resolves it.
+SIGINT_ONCE = """
+import os, signal
+
+from omegaconf import OmegaConf
+
+_sent = []
+
+
+def sigint_once(value):
+    if not _sent:
+        _sent.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+    return value
+
+
+OmegaConf.register_new_resolver("sigint_once", sigint_once)
+"""
+
+
+def test_ctrl_c_while_a_sweep_job_is_set_up_stops_that_job_at_its_first_step(tmp_path):
+    """The basic launcher runs the jobs in the sweep's process: a Ctrl-C while a job is being
+    built (here, as its config resolves) stops that job as soon as its fit starts, saved, where
+    it trained on to its step limit; the jobs after it do not start."""
+    site = install_distribution(tmp_path / "site", distribution="sigint-once", package="sigint_once",
+                                source=SIGINT_ONCE, entry_point="sigint_once")
+    sweep_dir = tmp_path / "sweep"
+    process = start(tmp_path, "-m", *SWEEP, "trainer.log_every=${sigint_once:50}", "trainer.seed=1,2",
+                    f"hydra.sweep.dir={sweep_dir}", env=plugin_env(site))
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    results = job_results(sweep_dir)
+    assert (results["trainer.seed=1"]["status"], results["trainer.seed=1"]["stop_reason"]) == ("interrupted", "SIGINT")
+    assert results["trainer.seed=1"]["steps"] < 20000
+    assert (results["trainer.seed=2"]["status"], results["trainer.seed=2"]["steps"]) == ("interrupted", 0)
 
 
 def job_results(sweep_dir: Path) -> dict[str, dict]:

@@ -147,6 +147,19 @@ def test_a_job_of_two_tasks_gets_torchruns_variables_and_one_folder(tmp_path):
     assert {row["job"] for row in sweep.summary_rows()} == set(jobs)
 
 
+def test_a_ddp_job_of_one_task_trains_as_a_group_of_one(tmp_path):
+    """trainer.strategy=ddp in a job of one task runs as torchrun --nproc_per_node=1 would, where
+    it was refused for want of torchrun's variables; and as the same job in one process does."""
+    sweep = launch_sweep(tmp_path, LOCAL, "hydra.launcher.tasks_per_node=1", "+task=linear", "trainer.device=cpu",
+                         f"trainer.max_steps={STEPS}", "logger=[]", "trainer.strategy=ddp,single")
+    jobs = {name: path for name, path in sweep.job_dirs().items() if name != ".submitit"}
+    results = {name: json.loads((folder / "result.json").read_text()) for name, folder in jobs.items()}
+    assert {name: result["status"] for name, result in results.items()} == {
+        "trainer.strategy=ddp": "completed", "trainer.strategy=single": "completed"}, sweep.describe()
+    assert "data-parallel training over 1 processes (gloo)" in (jobs["trainer.strategy=ddp"] / "framework.log").read_text()
+    assert results["trainer.strategy=ddp"]["final_loss"] == results["trainer.strategy=single"]["final_loss"]
+
+
 def processes_of(sweep_dir: Path, module: bytes) -> list[int]:
     """The pids of the processes whose command line runs a ``module`` of submitit's on the
     sweep's ``.submitit`` folder."""

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.distributed import (LAUNCH_ENV, block, command_line_strategy, rows_reduction, sharing_ranks,
-                                  wants_ddp)
+from framework.distributed import (LAUNCH_ENV, block, command_line_strategy, rows_reduction, shared_gpu_message,
+                                  sharing_ranks, wants_ddp)
 from framework.errors import ConfigError
 from framework_plugins.losses import sum_squared_error
 
@@ -96,3 +96,16 @@ def test_the_weights_make_the_single_process_gradient_from_unequal_blocks():
 ])
 def test_ranks_that_would_share_a_gpu_are_found(gpus, shared):
     assert sharing_ranks(gpus) == shared
+
+
+def test_ranks_sharing_a_gpu_are_told_how_many_processes_fit_on_that_machine():
+    message = shared_gpu_message((1, 3), "NVIDIA H100", "cuda", gpus_there=2)
+    assert message.startswith("ranks 1 and 3 would share one GPU (NVIDIA H100), and NCCL needs a GPU for each rank")
+    assert "start at most 2 process(es) on rank 3's machine (torchrun --nproc_per_node=2)" in message
+    assert message.endswith("trainer.device=cpu")
+
+
+def test_ranks_sharing_a_gpu_named_by_number_are_told_to_let_each_take_its_own():
+    message = shared_gpu_message((0, 1), "NVIDIA H100", "cuda:0", gpus_there=8)
+    assert "trainer.device=cuda:0 gives every rank that GPU; use trainer.device=cuda" in message
+    assert "nproc_per_node" not in message

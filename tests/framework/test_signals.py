@@ -51,29 +51,56 @@ def test_without_a_signal_the_fit_runs_to_its_end(set_up_handlers, train, tmp_pa
     assert result["status"] == "completed" and result["steps"] == 20
 
 
-def made_into_an_error(signum: int, *, chained: bool) -> Exception:
-    """What a library's code makes of a signal delivered inside it: an error of its own, raised
-    from the interrupt (``chained``) or after swallowing it (the chain lost)."""
+def made_into_an_error(signum: int, *, how: str) -> Exception:
+    """What a library's code makes of a signal delivered inside it: an error of its own raised
+    from the interrupt (``cause``), while handling it (``context``), or after swallowing it."""
     try:
         try:
             os.kill(os.getpid(), signum)
             signal.sigtimedwait([], 0)
         except KeyboardInterrupt as interrupt:
-            if chained:
+            if how == "cause":
                 raise RuntimeError("Error calling __set_name__ on 'Field' instance") from interrupt
-        raise ValueError("a half-built node")
+            if how == "context":
+                raise ValueError("a half-built node")
+        raise ValueError("an error after the interrupt was swallowed")
     except Exception as error:  # noqa: BLE001 - the error the command line would see
         return error
 
 
-@pytest.mark.parametrize("chained", [True, False], ids=["chained", "chain lost"])
+@pytest.mark.parametrize("how", ["cause", "context"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_the_signal_behind_a_library_error_is_found(set_up_handlers, signum, chained):
-    error = made_into_an_error(signum, chained=chained)
+def test_the_signal_behind_a_library_error_is_found(set_up_handlers, signum, how):
+    error = made_into_an_error(signum, how=how)
     assert signals.interrupt_behind(error) == signum
+    with pytest.raises(signals.Interrupted) as raised, signals.interrupts_as_raised():
+        raise error
+    assert raised.value.signal == signum and raised.value.__cause__ is error
 
 
-def test_an_error_no_signal_caused_has_no_signal_behind_it(set_up_handlers):
+def test_an_error_after_a_swallowed_signal_is_that_error(set_up_handlers):
+    """The next fit stops at once for it (above); the error itself is no interruption."""
+    error = made_into_an_error(signal.SIGINT, how="swallowed")
+    assert signals.interrupt_behind(error) is None
+    with pytest.raises(ValueError), signals.interrupts_as_raised():
+        raise error
+
+
+def test_an_error_raised_while_a_script_handles_its_own_ctrl_c_is_that_error():
+    """A KeyboardInterrupt that Python's handler raised (no framework handler installed, as in a
+    script calling framework.train) is the script's: an error raised while handling it is no
+    interruption, nor is an Interrupted the framework raised after a fit stopped."""
+    for interrupt in (KeyboardInterrupt(), signals.Interrupted(signal.SIGINT, "interrupted at step 3")):
+        try:
+            try:
+                raise interrupt
+            except KeyboardInterrupt:
+                raise ValueError("trainer.strategy='bogus' is not a strategy")
+        except ValueError as error:
+            assert signals.interrupt_behind(error) is None
+
+
+def test_an_error_no_signal_caused_has_no_signal_behind_it():
     try:
         raise RuntimeError("outer") from ValueError("inner")
     except RuntimeError as error:

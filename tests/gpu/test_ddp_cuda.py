@@ -55,3 +55,10 @@ def test_more_ranks_than_gpus_are_refused_with_a_message(tmp_path):
     assert "would share one GPU" in launched.stderr and "Duplicate GPU" not in launched.stderr, launched.stderr
     assert f"--nproc_per_node={torch.cuda.device_count()}" in launched.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+
+
+def test_ranks_given_one_gpu_by_number_are_refused_with_a_message(tmp_path):
+    launched = torchrun(2, tmp_path, "+task=linear", "trainer.device=cuda:0", "logger=[]", "trainer.strategy=ddp",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert launched.returncode != 0
+    assert "trainer.device=cuda:0 gives every rank that GPU" in launched.stderr, launched.stderr

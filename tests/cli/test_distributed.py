@@ -39,8 +39,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={RANKS}",
+def torchrun(*args: str, ranks: int = RANKS) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
             f"--master_port={free_port()}", *args]
 
 

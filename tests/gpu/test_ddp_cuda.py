@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from framework.weights import read_weights
-from tests.cli.test_distributed import free_port
+from tests.cli.test_distributed import torchrun as command_of_torchrun
 from tests.conftest import cli_env, run_cli
 
 pytestmark = [pytest.mark.gpu,
@@ -29,8 +28,8 @@ TASK = ("+task=linear", "trainer.device=cuda", "logger=[]")
 
 
 def torchrun(ranks: int, cwd, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
-                           f"--master_port={free_port()}", "-m", "framework", *args],
+    """``torchrun --nproc_per_node=RANKS -m framework ARGS`` with the GPUs visible."""
+    return subprocess.run(command_of_torchrun("-m", "framework", *args, ranks=ranks),
                           cwd=cwd, env=cli_env(ON_THE_GPUS), capture_output=True, text=True, timeout=180)
 
 

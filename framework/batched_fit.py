@@ -266,6 +266,10 @@ def restored(restore: Callable[[], None]):
 # model's forward returns the N jobs' predictions along a new first axis, each one bit for bit
 # what the job's own scalars give: elementwise operations round each element alone.
 BROADCASTS_OVER_JOBS = "broadcasts_over_jobs"
+# A model attribute, True by default: vmap over the model gives each job bit for bit its own
+# run's predictions and gradients. False where a batching rule rounds differently (a matrix
+# product batched into one wider product); such a model is batched only by its broadcast path.
+EXACT_UNDER_VMAP = "exact_under_vmap"
 
 
 def per_job_loss_function(run_state, parameters: Callable[[], dict[str, torch.Tensor]], per_job: Callable | None):
@@ -302,6 +306,10 @@ def per_job_loss_function(run_state, parameters: Callable[[], dict[str, torch.Te
             return per_job(predictions, targets)
 
         return losses, restore
+
+    if not getattr(model, EXACT_UNDER_VMAP, True):
+        raise ValueError(f"{type(model).__name__} is batched exactly only by its own broadcast path, which "
+                         f"needs a loss with a per-job version (framework_plugins.losses.PER_JOB_LOSSES)")
 
     def one_job_loss(parameters: dict[str, torch.Tensor], features: torch.Tensor, targets: torch.Tensor):
         return loss_fn(functional_call(model, parameters, (features,)), targets)

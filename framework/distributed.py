@@ -51,6 +51,7 @@ from typing import Any, Callable
 import torch
 
 from framework.errors import ConfigError, FrameworkError
+from framework.flat_parameters import stop_lending
 from framework.state import LoopState
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,9 @@ class DataParallel:
             check_one_gpu_per_rank(run.device, run.trainer.device)
         self.reduction = rows_reduction(run.loss_fn, run.data.targets)
         device_ids = [run.device.index] if run.device.type == "cuda" else None
+        # DDP all-reduces what autograd adds into each parameter's own gradient: a forward pass
+        # through the optimizer's flat tensor would leave them unreduced (flat_parameters.lent_leaf).
+        stop_lending(run.model.parameters())
         # Constructing it broadcasts rank 0's parameters, and waits for every rank: no rank
         # starts training before every rank has built (and resumed) its run.
         self.module = DistributedDataParallel(run.model, device_ids=device_ids)

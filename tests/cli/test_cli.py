@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import run_cli
 from tests.plain_linear import plain_linear
+from tests.polyfit import tutorial_quadratic
 
 RESULT_KEYS = {"task", "status", "steps", "final_loss", "params", "wall_s", "device", "stop_reason", "error",
                "final_val_loss", "optimal_loss", "optimality_gap"}
@@ -86,9 +87,9 @@ def initial_polyfit_loss() -> float:
     """tasks.md's polyfit, written the tutorial way: the loss of the initial parameters (seed 0)."""
     torch.manual_seed(0)
     x = torch.randn(20) * 5
-    y = x**2 + 2 * x + 3
+    y = (x**2 + 2 * x + 3)[:, None]
     A, B, C = torch.randn(()), torch.randn(()), torch.randn(())
-    return torch.nn.functional.mse_loss(A * x**2 + B * x + C, y).item()
+    return torch.nn.functional.mse_loss(tutorial_quadratic(A, B, C, x), y).item()
 
 
 # ------------------------------------------------------------------------------------ polyfit, one run

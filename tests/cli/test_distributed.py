@@ -129,6 +129,33 @@ def test_two_ranks_train_the_global_batches_and_agree_bit_for_bit(tmp_path):
     assert not torch.equal(expected["weight"], torch.zeros(1, 2))  # it trained
 
 
+def test_polyfit_whose_forward_uses_the_flat_coefficients_trains_under_ddp(tmp_path):
+    # polyfit's matmul polynomial computes with the optimizer's flat tensor, not its three
+    # coefficients, when it may (framework.flat_parameters.lent_leaf); DDP waits for each
+    # coefficient's own gradient, so under DDP it must not. Against the tutorial's own loop.
+    from tests.framework.test_reference_tasks import SEED
+
+    script = tmp_path / "save_parameters.py"
+    script.write_text(SAVE_PARAMETERS)
+    done = run_torchrun(tmp_path, str(script), str(tmp_path), "+task=polyfit", "trainer.device=cpu",
+                        "trainer.strategy=ddp", "trainer.max_steps=30", "logger=[]",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(RANKS)]
+    torch.manual_seed(SEED)
+    x = torch.randn(20) * 5
+    features, targets = torch.stack([x**2, x, torch.ones_like(x)], dim=1), (x**2 + 2 * x + 3).unsqueeze(1)
+    weight = torch.randn(3, 1, requires_grad=True)
+    optimizer = torch.optim.NAdam([weight], lr=0.01)
+    for _ in range(30):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(features @ weight, targets).backward()
+        optimizer.step()
+    for rank in ranks:
+        got = torch.stack([rank["A"], rank["B"], rank["C"]])
+        torch.testing.assert_close(got, weight.detach()[:, 0], rtol=1e-5, atol=1e-6)
+
+
 def test_a_sum_loss_over_unequal_blocks_one_run_folder_written_by_rank_0(tmp_path):
     # sse over the full batch of 12 rows... 11 of them: blocks of 5 and 6 rows.
     csv = tmp_path / "rows.csv"

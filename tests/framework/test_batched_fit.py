@@ -133,11 +133,35 @@ def test_models_and_losses_batched_bitwise(task, varied, shared, train_alone, co
 @pytest.mark.parametrize("task, varied", [
     # LegendreP3, a custom autograd Function, under vmap: setup_context and generate_vmap_rule
     ("+task=legendre trainer.max_steps=40", ["optimizer.lr=1e-6", "optimizer.lr=5e-6"]),
-    ("+task=polyfit trainer.max_steps=40", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
+    ("+task=polyfit model.form=terms trainer.max_steps=40", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
 ])
 def test_the_vmap_path_that_any_model_takes_is_bitwise_too(task, varied, shared, train_alone, compose_config):
     jobs = [[*task.split(), *job.split(), "logger=[]"] for job in varied]
     assert_jobs_match_their_own_runs(train_alone, compose_config, jobs, broadcast=False)
+
+
+def test_a_matmul_polynomial_is_not_batched_under_vmap(shared, compose_config):
+    # vmap batches the jobs' (20, 3) @ (3, 1) products into one (20, 3) @ (3, N), whose columns
+    # round differently from the jobs' own products once N reaches 16 on this machine: the fit
+    # is refused (the launcher then runs the jobs one by one) rather than silently inexact.
+    jobs = [["+task=polyfit", f"optimizer.lr=0.0{index + 1}", "trainer.max_steps=5", "logger=[]"] for index in range(3)]
+    with pytest.raises(ValueError, match="batched exactly only by its own broadcast path"):
+        batched(compose_config, jobs, broadcast=False)
+
+
+def test_a_matmul_polynomial_that_torch_would_batch_inexactly_is_refused(shared, compose_config, monkeypatch):
+    # The batched product is checked against each job's own mm before a step: stand in a batched
+    # product that rounds one job differently, as another CPU's kernels could.
+    real_bmm = torch.bmm
+
+    def off_by_one_ulp(design, columns):
+        out = real_bmm(design, columns)
+        return torch.cat([out[:1], torch.nextafter(out[1:2], torch.full_like(out[1:2], math.inf)), out[2:]])
+
+    monkeypatch.setattr(torch, "bmm", off_by_one_ulp)
+    jobs = [["+task=polyfit", f"optimizer.lr=0.0{index + 1}", "trainer.max_steps=5", "logger=[]"] for index in range(3)]
+    with pytest.raises(ValueError, match=r"model.form=matmul: torch's batched product rounds job 1 of 3 differently"):
+        batched(compose_config, jobs)
 
 
 def test_a_diverging_job_stops_alone_at_its_own_step_and_the_others_go_on(shared, train_alone, compose_config):

@@ -164,3 +164,88 @@ def test_plain_sgd_follows_a_changing_rate_and_keeps_the_optimizers_hooks():
     calls = []
     run(True, hook=lambda optimizer, args, kwargs: calls.append(1))
     assert len(calls) == 10
+
+
+# A forward through the flat tensor itself (lent_leaf): polyfit's matmul polynomial.
+
+
+def polynomial_run(clear=None, steps: int = 40, hook=None):
+    """The matmul polynomial, flattened under NAdam, trained on [x², x, 1] as the loop does."""
+    from framework_plugins.polynomial_model import Polynomial
+
+    torch.manual_seed(0)
+    x = (torch.randn(20) * 5).unsqueeze(1)
+    y = x**2 + 2 * x + 3
+    model = Polynomial(["A", "B", "C"], [2, 1, 0], "randn", "matmul")
+    parameters = list(model.parameters())
+    optimizer = flatten(lambda params: torch.optim.NAdam(params, lr=0.01), parameters)
+    if hook is not None:
+        hook(model)
+    for step in range(steps):
+        (clear or (lambda model, optimizer, step: optimizer.zero_grad()))(model, optimizer, step)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def tutorial_polynomial(steps: int = 40) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(20) * 5
+    features, y = torch.stack([x**2, x, torch.ones_like(x)], dim=1), (x**2 + 2 * x + 3).unsqueeze(1)
+    weight = torch.randn(3, 1, requires_grad=True)
+    optimizer = torch.optim.NAdam([weight], lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(features @ weight, y).backward()
+        optimizer.step()
+    return weight.detach()[:, 0]
+
+
+def coefficients(model) -> torch.Tensor:
+    return torch.stack([model.A, model.B, model.C]).detach()
+
+
+@pytest.mark.parametrize("clear", [None, set_to_none_by_the_model, set_to_none_by_the_optimizer,
+                                   replaced_by_assignment])
+def test_a_forward_through_the_lent_flat_tensor_is_the_tutorials_step_whatever_clears_the_gradients(clear):
+    # model.zero_grad() leaves the flat gradient as it was: the forward must then not add into
+    # it (lent_leaf says no), or gather() would throw the step's gradient away.
+    model, _ = polynomial_run(clear)
+    assert torch.equal(coefficients(model), tutorial_polynomial())
+
+
+def test_nothing_is_lent_that_is_not_exactly_the_flat_tensor():
+    import copy
+    import gc
+
+    from framework.flat_parameters import lent_leaf, stop_lending
+
+    model, optimizer = polynomial_run(steps=1)
+    A, B, C = model.A, model.B, model.C
+    assert lent_leaf([A, B, C]) is not None
+    assert lent_leaf([A, B]) is None and lent_leaf([B, A, C]) is None
+    copied = copy.deepcopy(model)  # new parameters, not views of any flat tensor
+    assert lent_leaf([copied.A, copied.B, copied.C]) is None
+    assert torch.equal(coefficients(copied), coefficients(model))
+    handle = B.register_hook(lambda grad: grad)  # a hook on B's own gradient must see it
+    assert lent_leaf([A, B, C]) is None
+    handle.remove()
+    assert lent_leaf([A, B, C]) is not None
+    stop_lending([A])
+    assert lent_leaf([A, B, C]) is None
+    model, optimizer = polynomial_run(steps=1)
+    A, B, C = model.A, model.B, model.C
+    A.data = A.data.clone()  # no longer the flat tensor's memory
+    assert lent_leaf([A, B, C]) is None
+    model, optimizer = polynomial_run(steps=1)
+    parameters = [model.A, model.B, model.C]
+    del optimizer  # its flat tensor is gone: nothing to lend
+    gc.collect()
+    assert lent_leaf(parameters) is None
+
+
+def test_a_hook_on_a_coefficients_gradient_sees_every_step():
+    seen = []
+    model, _ = polynomial_run(steps=5, hook=lambda model: model.B.register_hook(lambda grad: seen.append(grad)))
+    assert len(seen) == 5
+    assert torch.equal(coefficients(model), tutorial_polynomial(steps=5))

@@ -17,6 +17,7 @@ from framework import ConfigError, hookimpl
 from framework.errors import NonFiniteLossError
 from tests.conftest import run_cli
 from tests.framework.compare import assert_identical, final_checkpoint
+from tests.polyfit import tutorial_quadratic
 
 AUTOCAST = {"bf16": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -86,10 +87,11 @@ def plain_linear2d(precision, steps=100, device="cpu", fused_adam=False):
 def plain_polyfit(precision, steps=300):
     torch.manual_seed(0)
     x = torch.randn(20) * 5
-    y = x**2 + 2 * x + 3
+    y = (x**2 + 2 * x + 3)[:, None]
     A, B, C = (torch.randn((), requires_grad=True) for _ in range(3))
     optimizer = torch.optim.NAdam([A, B, C], lr=0.01)
-    scaler = plain_mixed_loop(precision, [A, B, C], lambda: torch.nn.functional.mse_loss(A * x**2 + B * x + C, y),
+    scaler = plain_mixed_loop(precision, [A, B, C],
+                              lambda: torch.nn.functional.mse_loss(tutorial_quadratic(A, B, C, x), y),
                               optimizer, steps)
     return {"A": A, "B": B, "C": C}, scaler
 

@@ -16,6 +16,25 @@ SEED = 0  # trainer.seed's default
 
 
 def plain_polyfit():
+    # The tutorial's form: features [x², x, 1] and one (3, 1) weight, whose rows are A, B, C.
+    torch.manual_seed(SEED)
+    x = torch.randn(20) * 5
+    y = (x**2 + 2 * x + 3).unsqueeze(1)
+    features = torch.stack([x**2, x, torch.ones_like(x)], dim=1)
+    weight = torch.randn(3, 1, requires_grad=True)
+    optimizer = torch.optim.NAdam([weight], lr=0.01)
+    loss_fn = torch.nn.MSELoss()
+    for _ in range(1000):
+        loss = loss_fn(features @ weight, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    A, B, C = weight.detach()[:, 0]
+    return {"A": A, "B": B, "C": C}
+
+
+def plain_polyfit_terms():
+    # The same model as a sum of terms (model=polynomial's default form): A·x² + B·x + C.
     torch.manual_seed(SEED)
     x = torch.randn(20) * 5
     y = x**2 + 2 * x + 3
@@ -156,6 +175,19 @@ def test_task_matches_plain_loop_exactly(task, train, recorder, tmp_path):
         assert torch.equal(ours, value.detach()), f"{task}: {name} {ours} != {value}"
     # The parameters moved: the comparison is not between two untouched initialisations.
     assert any(not torch.equal(recorder.initial[n], recorder.final[n]) for n in expected)
+
+
+@pytest.mark.parametrize("form, plain", [("matmul", plain_polyfit), ("terms", plain_polyfit_terms)])
+def test_each_polynomial_form_is_bit_for_bit_its_plain_loop(form, plain, train, recorder, tmp_path):
+    # polyfit's preset picks matmul; model=polynomial's default is terms. Both are A·x² + B·x + C
+    # and round differently, so each must be its own tutorial's, not merely close to the other.
+    result = train(["+task=polyfit", "model=polynomial", f"model.form={form}"], run_dir=tmp_path)
+    expected = plain()
+    assert result["status"] == "completed"
+    for name, value in expected.items():
+        assert torch.equal(recorder.final[name], value.detach()), f"{form}: {name}"
+    other = plain_polyfit_terms() if form == "matmul" else plain_polyfit()
+    assert any(not torch.equal(recorder.final[n], other[n].detach()) for n in expected)
 
 
 def test_puzzle_solves_the_equations(train):

@@ -13,6 +13,7 @@ from framework import ConfigError
 from tests.framework.compare import assert_same_run, events
 from tests.framework.test_resume import ctrl_c_raises, interrupted_then_resumed  # noqa: F401 (a fixture)
 from tests.plugins.test_validation import plain_polyfit_with_validation
+from tests.polyfit import tutorial_quadratic
 
 LOG_EVERY, MAX_STEPS = 10, 20000
 
@@ -22,12 +23,12 @@ def plain_polyfit_losses(steps: int) -> list[float]:
     loss of every step, as the step computed it."""
     torch.manual_seed(0)
     x = torch.randn(20) * 5
-    y = x**2 + 2 * x + 3
+    y = (x**2 + 2 * x + 3)[:, None]
     A, B, C = (torch.randn((), requires_grad=True) for _ in range(3))
     optimizer = torch.optim.NAdam([A, B, C], lr=0.01)
     losses = []
     for _ in range(steps):
-        loss = torch.nn.functional.mse_loss(A * x**2 + B * x + C, y)
+        loss = torch.nn.functional.mse_loss(tutorial_quadratic(A, B, C, x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -24,6 +24,18 @@ def test_polynomial_descending_names_and_draws_coefficients_in_term_order():
     assert torch.equal(model(x), A * x**2 + B * x + C)
 
 
+def test_polynomial_in_matmul_form_is_the_polyfit_tutorials_product():
+    torch.manual_seed(3)
+    model = build_polynomial(PolynomialConfig(degree=2, form="matmul"), data=ONE_COLUMN)
+    torch.manual_seed(3)
+    A, B, C = (torch.randn(()) for _ in range(3))
+    x = torch.linspace(-2, 2, 7)[:, None]
+    assert torch.equal(model(x), torch.cat([x**2, x, torch.ones_like(x)], dim=1) @ torch.stack([A, B, C]).view(3, 1))
+    assert model(x[:, 0]).shape == (7,)  # a column of x in, a column of predictions out, as terms gives
+    with pytest.raises(ConfigError, match=r"model.form='sum'; use one of terms, matmul"):
+        build_polynomial(PolynomialConfig(form="sum"), data=ONE_COLUMN)
+
+
 def test_polynomial_ascending_matches_the_tutorial_expression():
     model = build_polynomial(PolynomialConfig(degree=3, order="ascending", init="zeros"), data=ONE_COLUMN)
     assert [name for name, _ in model.named_parameters()] == ["a", "b", "c", "d"]

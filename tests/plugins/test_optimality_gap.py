@@ -19,6 +19,7 @@ from framework.run import run_training
 from framework.schema import store_configs
 from framework_plugins.linear_model import Linear
 from tests.framework.compare import events
+from tests.polyfit import tutorial_quadratic
 
 SEED = 0  # trainer.seed's default
 GAP = "train/optimality_gap"
@@ -30,23 +31,23 @@ def plain_polyfit(steps: int, frozen: tuple[str, ...] = (), batch_size: int | No
     loss and the loss on all the data after the step. Returns (design, target, frozen values, losses)."""
     torch.manual_seed(SEED)
     x = torch.randn(20) * 5
-    y = x**2 + 2 * x + 3 + torch.randn(20) * NOISE
+    y = (x**2 + 2 * x + 3 + torch.randn(20) * NOISE)[:, None]
     coefficients = {name: torch.randn((), requires_grad=name not in frozen) for name in "ABC"}
     A, B, C = coefficients.values()
     optimizer = torch.optim.NAdam([p for name, p in coefficients.items() if name not in frozen], lr=0.01)
     losses = []
     for step in range(steps):
         rows = slice(None) if batch_size is None else slice(step % 3 * batch_size, (step % 3 + 1) * batch_size)
-        loss = torch.nn.functional.mse_loss(A * x[rows]**2 + B * x[rows] + C, y[rows])
+        loss = torch.nn.functional.mse_loss(tutorial_quadratic(A, B, C, x[rows]), y[rows])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            after = torch.nn.functional.mse_loss(A * x**2 + B * x + C, y)
+            after = torch.nn.functional.mse_loss(tutorial_quadratic(A, B, C, x), y)
         losses.append((loss.item(), after.item()))
     # The model's columns as it computes them: x**2 in float32.
     columns = {"A": (x**2).double(), "B": x.double(), "C": torch.ones(20, dtype=torch.float64)}
-    return columns, y.double(), {name: coefficients[name].detach().double() for name in frozen}, losses
+    return columns, y[:, 0].double(), {name: coefficients[name].detach().double() for name in frozen}, losses
 
 
 def plain_linear(steps: int):

@@ -29,7 +29,10 @@ tutorial's form is one matrix product with the column of its coefficients, and a
 one gradient into the flat one instead of a gradient per coefficient. It gets the flat tensor only
 while that is exactly the same thing: its parameters are still the flat tensor's views, their
 gradients still its gradient's views, and nothing watches a parameter's own gradient (tensor hooks,
-or DDP, which turns lending off: :func:`stop_lending`).
+or DDP, which turns lending off: :func:`stop_lending`). And only inside a training step's forward
+pass (:func:`lending_forward`), whose loss goes to ``backward()``: anything else that differentiates
+with respect to the parameters themselves (the doctor's ``torch.autograd.grad``, a user's own
+code) must find them in the graph.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class FlatParameters:
         self.flat.grad = torch.zeros_like(flat)
         self.gradient = self.flat.grad
         self.grad_views: list[torch.Tensor] = []
-        self.lends = True  # see lent_leaf
+        self.lends = True  # False once anything needs each parameter's own gradient (stop_lending)
+        self.lending = False  # True during a training step's forward pass (lending_forward)
         offset = 0
         for parameter in self.parameters:
             size = parameter.numel()
@@ -136,13 +140,13 @@ def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
     thing. A gradient autograd adds into the flat one is then each parameter's, as if added
     one by one, and each parameter's value is the flat tensor's.
 
-    Checked at every call (≈ 2 µs for three parameters), since each can stop being true: a
+    Only inside :func:`lending_forward`'s window. Checked at every call (≈ 2 µs for three parameters), since each can stop being true: a
     parameter's data replaced (``.to(device)``, a deep copy), a gradient set to None or replaced
     (``model.zero_grad()``: the parameters then get their own, and the optimizer gathers them),
     a hook on a parameter's gradient, or DDP."""
     reference = OWNERS.get(id(parameters[0])) if parameters else None
     owner = reference() if reference is not None else None
-    if owner is None or not owner.lends or len(owner.parameters) != len(parameters):
+    if owner is None or not owner.lending or not owner.lends or len(owner.parameters) != len(parameters):
         return None
     flat = owner.flat
     if flat.grad is not owner.gradient or flat.data_ptr() != owner.addresses[0]:
@@ -152,6 +156,24 @@ def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
                 or parameter._backward_hooks or parameter._post_accumulate_grad_hooks):
             return None
     return flat
+
+
+def lending_forward(model, optimizer: torch.optim.Optimizer):
+    """``model``, or where ``optimizer`` updates a flat tensor (:func:`flatten`), a function that
+    calls it with that tensor lent (:func:`lent_leaf`): for a training step, whose loss then goes to
+    ``backward()``. Any other forward pass computes with the parameters themselves."""
+    owner = getattr(optimizer, "flat_parameters", None)
+    if owner is None:
+        return model
+
+    def forward(features):
+        owner.lending = True
+        try:
+            return model(features)
+        finally:
+            owner.lending = False
+
+    return forward
 
 
 def stop_lending(parameters) -> None:
@@ -170,6 +192,7 @@ def flatten(optimizer_factory, parameters: list[torch.nn.Parameter]) -> torch.op
     flat = FlatParameters(parameters)
     optimizer = optimizer_factory([flat.flat])
     optimizer.zero_grad = flat.zero_grad
+    optimizer.flat_parameters = flat  # for lending_forward
     update = optimizer.step
     lean_sgd = type(optimizer) is torch.optim.SGD
 

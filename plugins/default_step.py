@@ -5,7 +5,7 @@ under ``trainer.precision`` bf16 or 16-mixed, the forward pass and loss under au
 import torch
 
 from framework import hookimpl
-from framework.flat_parameters import ELEMENTWISE_OPTIMIZERS
+from framework.flat_parameters import ELEMENTWISE_OPTIMIZERS, lending_forward
 
 
 @hookimpl(trylast=True)
@@ -17,11 +17,12 @@ def framework_configure_step(state):
     precision = run.precision
     if precision is not None and precision.scaler is not None:
         return scaled_step(run, progress, precision)
+    forward = lending_forward(model, optimizer)
 
     if precision is None:
         def gradients(features, targets):
             optimizer.zero_grad()
-            loss = loss_fn(model(features), targets)
+            loss = loss_fn(forward(features), targets)
             loss.backward()
             if clip is not None:
                 progress.grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
@@ -30,7 +31,7 @@ def framework_configure_step(state):
         def gradients(features, targets):
             optimizer.zero_grad()
             with precision.autocast():
-                loss = loss_fn(model(features), targets)
+                loss = loss_fn(forward(features), targets)
             loss.backward()
             if clip is not None:
                 progress.grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)

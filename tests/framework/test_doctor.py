@@ -136,6 +136,23 @@ def test_an_unconverged_power_iteration_says_that_L_may_be_larger(built, monkeyp
     assert any("power iteration unconverged after 1 steps, L may be larger" in line for line in diagnosis.lines)
 
 
+@pytest.mark.parametrize("form", ["terms", "matmul"])
+def test_the_local_estimate_differentiates_each_polynomial_form_through_its_coefficients(form, built):
+    # Huber with a delta beyond every residual is half the squared error: its Hessian is
+    # X^T X / rows on the design matrix [x², x, 1]. The matmul form computes with the optimizer's
+    # flat tensor in a training step; the doctor's derivatives are taken before any step.
+    run = built(["+task=polyfit", "optimizer=sgd", f"model.form={form}", "loss=huber", "loss.delta=1e6",
+                 "trainer.dtype=float64"])
+    x = run.data.features.numpy()[:, 0]
+    design = numpy.stack([x**2, x, numpy.ones_like(x)], axis=1)
+    largest = numpy.linalg.eigvalsh(design.T @ design / len(x))[-1]
+
+    diagnosis = diagnose(run)
+
+    assert not diagnosis.least_squares and diagnosis.curvature == "local"
+    assert diagnosis.largest_eigenvalue == pytest.approx(largest, rel=1e-9)
+
+
 # --------------------------------------------------------------------------------------------
 # The bound against real runs
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.flat_parameters import can_flatten, flatten
+from framework.flat_parameters import OWNERS, can_flatten, flatten, lending_forward
 
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
@@ -181,9 +181,10 @@ def polynomial_run(clear=None, steps: int = 40, hook=None):
     optimizer = flatten(lambda params: torch.optim.NAdam(params, lr=0.01), parameters)
     if hook is not None:
         hook(model)
+    forward = lending_forward(model, optimizer)  # as the default step calls the model
     for step in range(steps):
         (clear or (lambda model, optimizer, step: optimizer.zero_grad()))(model, optimizer, step)
-        torch.nn.functional.mse_loss(model(x), y).backward()
+        torch.nn.functional.mse_loss(forward(x), y).backward()
         optimizer.step()
     return model, optimizer
 
@@ -214,11 +215,21 @@ def test_a_forward_through_the_lent_flat_tensor_is_the_tutorials_step_whatever_c
     assert torch.equal(coefficients(model), tutorial_polynomial())
 
 
+def lent_in_a_step(parameters, optimizer):
+    """What lent_leaf gives a training step's forward pass."""
+    from framework.flat_parameters import lent_leaf
+
+    return lending_forward(lambda _features: lent_leaf(parameters), optimizer)(None)
+
+
 def test_nothing_is_lent_that_is_not_exactly_the_flat_tensor():
     import copy
     import gc
 
-    from framework.flat_parameters import lent_leaf, stop_lending
+    from framework.flat_parameters import stop_lending
+
+    def lent_leaf(parameters):
+        return lent_in_a_step(parameters, optimizer)
 
     model, optimizer = polynomial_run(steps=1)
     A, B, C = model.A, model.B, model.C
@@ -238,10 +249,26 @@ def test_nothing_is_lent_that_is_not_exactly_the_flat_tensor():
     A.data = A.data.clone()  # no longer the flat tensor's memory
     assert lent_leaf([A, B, C]) is None
     model, optimizer = polynomial_run(steps=1)
-    parameters = [model.A, model.B, model.C]
-    del optimizer  # its flat tensor is gone: nothing to lend
+    assert id(model.A) in OWNERS
+    del optimizer  # its flat tensor is gone: nothing to lend, and its entries go with it
     gc.collect()
+    assert not any(id(parameter) in OWNERS for parameter in model.parameters())
+
+
+def test_only_a_training_steps_forward_pass_computes_with_the_flat_tensor():
+    # Anything else differentiates with respect to the coefficients themselves (the doctor's
+    # torch.autograd.grad) and must find them in the graph.
+    from framework.flat_parameters import lent_leaf
+
+    model, optimizer = polynomial_run(steps=3)
+    parameters = [model.A, model.B, model.C]
+    assert lent_in_a_step(parameters, optimizer) is optimizer.flat_parameters.flat
     assert lent_leaf(parameters) is None
+    x = torch.linspace(-4, 4, 9).unsqueeze(1)
+    gradients = torch.autograd.grad(model(x).pow(2).sum(), parameters)
+    predictions = torch.cat([x**2, x, torch.ones_like(x)], dim=1) @ coefficients(model).unsqueeze(1)
+    expected = (2 * predictions * torch.cat([x**2, x, torch.ones_like(x)], dim=1)).sum(dim=0)
+    assert torch.allclose(torch.stack(gradients), expected, rtol=1e-6)
 
 
 def test_a_hook_on_a_coefficients_gradient_sees_every_step():

@@ -143,7 +143,8 @@ def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
     Only inside :func:`lending_forward`'s window. Checked at every call (≈ 2 µs for three parameters), since each can stop being true: a
     parameter's data replaced (``.to(device)``, a deep copy), a gradient set to None or replaced
     (``model.zero_grad()``: the parameters then get their own, and the optimizer gathers them),
-    a hook on a parameter's gradient, or DDP."""
+    a parameter frozen (``requires_grad_(False)``: it gets no gradient), a hook on a parameter's
+    gradient, or DDP."""
     reference = OWNERS.get(id(parameters[0])) if parameters else None
     owner = reference() if reference is not None else None
     if owner is None or not owner.lending or not owner.lends or len(owner.parameters) != len(parameters):
@@ -153,7 +154,8 @@ def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
         return None
     for parameter, own, view, address in zip(parameters, owner.parameters, owner.grad_views, owner.addresses):
         if (parameter is not own or parameter.grad is not view or parameter.data_ptr() != address
-                or parameter._backward_hooks or parameter._post_accumulate_grad_hooks):
+                or not parameter.requires_grad or parameter._backward_hooks
+                or parameter._post_accumulate_grad_hooks):
             return None
     return flat
 

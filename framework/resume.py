@@ -50,6 +50,8 @@ MAY_CHANGE = (
 # Settings added after checkpoints were first written, with the value every run had before: a
 # checkpoint that lacks one was made with that value.
 ADDED_SETTINGS = {"trainer.precision": "32"}
+# The same for a setting added to one component, by (kind, name).
+ADDED_COMPONENT_SETTINGS = {("model", "polynomial"): {"model.form": "terms"}}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -72,7 +74,10 @@ def check_compatible(checkpoint: dict[str, Any], state: LoopState, path: Path) -
               for kind, saved in checkpoint["components"].items() if run.components.get(kind) != saved]
     if differ:
         raise ConfigError(f"{path} was made with other components: {'; '.join(differ)}")
-    saved, current = {**ADDED_SETTINGS, **flatten(checkpoint["config"])}, flatten(run.config)
+    added = dict(ADDED_SETTINGS)
+    for kind, name in checkpoint["components"].items():
+        added.update(ADDED_COMPONENT_SETTINGS.get((kind, name), {}))
+    saved, current = {**added, **flatten(checkpoint["config"])}, flatten(run.config)
     changed = [key for key in sorted(set(saved) | set(current))
                if saved.get(key) != current.get(key) and not key.startswith(MAY_CHANGE)]
     if changed:

@@ -56,12 +56,20 @@ class Polynomial(torch.nn.Module):
         x = features
         powers = self.powers_of(features)
         y = None
-        parameters = self._parameters
-        for name, power in zip(self.names, self.powers):
-            coefficient = parameters[name]
+        for coefficient, power in zip(self.coefficients(), self.powers):
             term = coefficient if power == 0 else coefficient * x if power == 1 else coefficient * powers[power]
             y = term if y is None else y + term
         return y.expand_as(x) if y.dim() == 0 else y
+
+    def coefficients(self) -> list[torch.Tensor]:
+        """The coefficients in term order: from ``_parameters`` (nn.Module's ``__getattr__`` costs
+        ≈ 0.5 µs a name), or as attributes where one is no longer a parameter there (a
+        parametrization, pruning: the name is then a property or a plain attribute)."""
+        parameters = self._parameters
+        try:
+            return [parameters[name] for name in self.names]
+        except KeyError:
+            return [getattr(self, name) for name in self.names]
 
     def powers_of(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
         """x**power for the powers above 1, kept while the same unchanged features come back:
@@ -80,8 +88,12 @@ class Polynomial(torch.nn.Module):
     def matmul_forward(self, features: torch.Tensor) -> torch.Tensor:
         """design (rows, terms) @ coefficients (terms, 1): the tutorial's ``X @ w``."""
         design = self.design_of(features)
-        parameters = self._parameters  # not getattr: nn.Module's __getattr__ costs ≈ 0.5 µs a name
-        coefficients = [parameters[name] for name in self.names]
+        coefficients = self.coefficients()
+        if design.dtype != coefficients[0].dtype:
+            # Other data (float64 or integers from numpy): the dtype the terms form computes in,
+            # as type promotion gives it, where torch.mm would refuse the mix.
+            dtype = torch.result_type(features, coefficients[0])
+            design, coefficients = design.to(dtype), [c.to(dtype) for c in coefficients]
         if coefficients[0].dim() == 0:
             # The optimizer's flat tensor when it holds exactly these coefficients: one gradient
             # for autograd to add instead of one per coefficient, the tutorial's one weight.
@@ -92,7 +104,7 @@ class Polynomial(torch.nn.Module):
             predictions = self.matmul_over_jobs(design, coefficients)
         if features.dim() == 2 and features.shape[1] == 1:  # (rows, 1): predictions are (..., rows, 1)
             return predictions
-        return predictions.view(*predictions.shape[:-2], *features.shape)
+        return predictions.view(predictions.shape[:-2] + features.shape)  # a 0-dim x gives a 0-dim y
 
     def matmul_over_jobs(self, design: torch.Tensor, coefficients: list[torch.Tensor]) -> torch.Tensor:
         """Each job's ``design @ column`` for coefficients of shape (N, 1, ...): one batched product

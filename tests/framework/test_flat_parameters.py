@@ -271,6 +271,24 @@ def test_only_a_training_steps_forward_pass_computes_with_the_flat_tensor():
     assert torch.allclose(torch.stack(gradients), expected, rtol=1e-6)
 
 
+def test_a_coefficient_frozen_during_a_run_stays_where_it_was():
+    from framework_plugins.polynomial_model import Polynomial
+
+    torch.manual_seed(0)
+    x = torch.linspace(-3, 3, 20).unsqueeze(1)
+    model = Polynomial(["A", "B", "C"], [2, 1, 0], "randn", "matmul")
+    optimizer = flatten(lambda params: torch.optim.SGD(params, lr=0.01), list(model.parameters()))
+    forward = lending_forward(model, optimizer)
+    for step in range(6):
+        if step == 3:
+            model.A.requires_grad_(False)  # as a callback freezing it mid-run would
+            frozen = model.A.detach().clone()
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(forward(x), x**2 + 2 * x + 3).backward()
+        optimizer.step()
+    assert torch.equal(model.A.detach(), frozen)
+
+
 def test_a_hook_on_a_coefficients_gradient_sees_every_step():
     seen = []
     model, _ = polynomial_run(steps=5, hook=lambda model: model.B.register_hook(lambda grad: seen.append(grad)))

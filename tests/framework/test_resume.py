@@ -249,3 +249,20 @@ def test_an_optimizer_state_numbered_one_parameter_at_a_time_is_refused_by_name(
     with pytest.raises(ConfigError, match="holds 3 tensor.* updates 1 .*trainer.init_from="):
         train(["+task=polyfit", "trainer.max_steps=20", "logger=[]", f"trainer.resume={tmp_path}"], run_dir=tmp_path)
     assert json.loads((tmp_path / "result.json").read_text()) == before  # the run's record is kept
+
+
+def test_a_polynomial_checkpoint_without_the_form_setting_resumes_as_the_sum_of_terms(train, tmp_path):
+    """Checkpoints written before model.form existed computed the polynomial term by term."""
+    common = ["+task=polyfit", "logger=[]", *COMMON]
+    train([*common, "model.form=terms", "trainer.max_steps=20"], run_dir=tmp_path / "run", task="polyfit")
+    for path in (tmp_path / "run" / "checkpoints").iterdir():
+        old = torch.load(path, weights_only=True)
+        del old["config"]["model"]["form"]
+        torch.save(old, path)
+    with pytest.raises(ConfigError, match=r"model.form='terms' there but 'matmul' here"):
+        train([*common, "trainer.max_steps=40", f"trainer.resume={tmp_path / 'run'}"], run_dir=tmp_path / "run",
+              task="polyfit")
+    train([*common, "model.form=terms", "trainer.max_steps=40", f"trainer.resume={tmp_path / 'run'}"],
+          run_dir=tmp_path / "run", task="polyfit")
+    train([*common, "model.form=terms", "trainer.max_steps=40"], run_dir=tmp_path / "straight", task="polyfit")
+    assert_identical(final_checkpoint(tmp_path / "run")["model"], final_checkpoint(tmp_path / "straight")["model"])

@@ -36,6 +36,36 @@ def test_polynomial_in_matmul_form_is_the_polyfit_tutorials_product():
         build_polynomial(PolynomialConfig(form="sum"), data=ONE_COLUMN)
 
 
+@pytest.mark.parametrize("x", [torch.tensor(2.0), torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None],
+                               torch.arange(-2, 3)[:, None]], ids=["0-dim", "float64", "int64"])
+def test_polynomial_forms_take_the_same_inputs_and_give_the_same_shape_and_dtype(x):
+    # What A·x² + B·x + C in plain torch gives (type promotion included), whichever form computes it.
+    torch.manual_seed(3)
+    A, B, C = (torch.randn(()) for _ in range(3))
+    expected = A * x**2 + B * x + C
+    for form in ("terms", "matmul"):
+        torch.manual_seed(3)
+        predictions = build_polynomial(PolynomialConfig(degree=2, form=form), data=ONE_COLUMN)(x)
+        assert (predictions.shape, predictions.dtype) == (expected.shape, expected.dtype), form
+        torch.testing.assert_close(predictions, expected, msg=form)
+
+
+@pytest.mark.parametrize("form", ["terms", "matmul"])
+def test_a_parametrized_coefficient_is_used_through_its_parametrization(form):
+    from torch.nn.utils import parametrize
+
+    class Exp(torch.nn.Module):
+        def forward(self, value):
+            return value.exp()
+
+    model = build_polynomial(PolynomialConfig(degree=2, form=form, init="zeros"), data=ONE_COLUMN)
+    parametrize.register_parametrization(model, "C", Exp())  # C = exp(0) = 1
+    x = torch.linspace(-2, 2, 5)[:, None]
+    assert torch.equal(model(x), torch.ones_like(x))
+    model(x).sum().backward()
+    assert model.parametrizations.C.original.grad == 5.0
+
+
 def test_polynomial_ascending_matches_the_tutorial_expression():
     model = build_polynomial(PolynomialConfig(degree=3, order="ascending", init="zeros"), data=ONE_COLUMN)
     assert [name for name, _ in model.named_parameters()] == ["a", "b", "c", "d"]

@@ -38,7 +38,6 @@ code) must find them in the graph.
 from __future__ import annotations
 
 import types
-import weakref
 from collections.abc import Sequence
 
 import torch
@@ -84,7 +83,6 @@ class FlatParameters:
         self.gradient = self.flat.grad
         self.grad_views: list[torch.Tensor] = []
         self.lends = True  # False once anything needs each parameter's own gradient (stop_lending)
-        self.lending = False  # True during a training step's forward pass (lending_forward)
         offset = 0
         for parameter in self.parameters:
             size = parameter.numel()
@@ -95,20 +93,6 @@ class FlatParameters:
             offset += size
         # Where the flat tensor and each view start, to tell that they still share their memory.
         self.addresses = tuple(p.data_ptr() for p in self.parameters)
-        self.register_owner()
-
-    def register_owner(self) -> None:
-        """Enter this object in :data:`OWNERS` under its parameters, until it is collected."""
-        keys = [id(parameter) for parameter in self.parameters]
-
-        def forget(reference: weakref.ref, keys=keys) -> None:  # holds no reference to self
-            for key in keys:
-                if OWNERS.get(key) is reference:
-                    del OWNERS[key]
-
-        reference = weakref.ref(self, forget)
-        for key in keys:
-            OWNERS[key] = reference
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """The optimizer's zero_grad: in place, whatever was asked, so the views stay shared."""
@@ -128,10 +112,9 @@ class FlatParameters:
                 parameter.grad = view
 
 
-# id(parameter) -> a weak reference to the FlatParameters holding it. Not a WeakIdKeyDictionary:
-# its lookup makes a weak reference each time (1.5 µs, half the matmul polynomial's saving). An
-# owner holds its parameters, so while the reference is alive the id is that parameter's.
-OWNERS: dict[int, weakref.ref] = {}
+# The FlatParameters whose flat tensor the running training step's forward pass may compute with
+# (lending_forward), else None.
+_lender: FlatParameters | None = None
 
 
 def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -140,14 +123,14 @@ def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
     thing. A gradient autograd adds into the flat one is then each parameter's, as if added
     one by one, and each parameter's value is the flat tensor's.
 
-    Only inside :func:`lending_forward`'s window. Checked at every call (≈ 2 µs for three parameters), since each can stop being true: a
+    Only inside :func:`lending_forward`, for the parameters of its optimizer. Checked at every call
+    (≈ 2 µs for three parameters), since each can stop being true: a
     parameter's data replaced (``.to(device)``, a deep copy), a gradient set to None or replaced
     (``model.zero_grad()``: the parameters then get their own, and the optimizer gathers them),
     a parameter frozen (``requires_grad_(False)``: it gets no gradient), a hook on a parameter's
     gradient, or DDP."""
-    reference = OWNERS.get(id(parameters[0])) if parameters else None
-    owner = reference() if reference is not None else None
-    if owner is None or not owner.lending or not owner.lends or len(owner.parameters) != len(parameters):
+    owner = _lender
+    if owner is None or not owner.lends or len(owner.parameters) != len(parameters):
         return None
     flat = owner.flat
     if flat.grad is not owner.gradient or flat.data_ptr() != owner.addresses[0]:
@@ -169,23 +152,22 @@ def lending_forward(model, optimizer: torch.optim.Optimizer):
         return model
 
     def forward(features):
-        owner.lending = True
+        global _lender
+        outer, _lender = _lender, owner
         try:
             return model(features)
         finally:
-            owner.lending = False
+            _lender = outer
 
     return forward
 
 
-def stop_lending(parameters) -> None:
-    """No forward pass computes with the flat tensor of ``parameters`` from now on: DDP's reducer
-    waits for each parameter's own gradient."""
-    for parameter in parameters:
-        reference = OWNERS.get(id(parameter))
-        owner = reference() if reference is not None else None
-        if owner is not None:
-            owner.lends = False
+def stop_lending(optimizer: torch.optim.Optimizer) -> None:
+    """No forward pass computes with ``optimizer``'s flat tensor from now on: DDP's reducer waits
+    for each parameter's own gradient."""
+    owner = getattr(optimizer, "flat_parameters", None)
+    if owner is not None:
+        owner.lends = False
 
 
 def flatten(optimizer_factory, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -30,7 +30,6 @@ installed: there, only the sweeper's check is cheaper.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 from collections import OrderedDict, deque
@@ -44,6 +43,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+
+from framework.config_copies import copied
 
 # The configs kept from a check at once (about 150 KB each): past it, a job composed from a twin
 # is composed again from it at launch (a deep copy, milliseconds) rather than held; a full
@@ -105,7 +106,7 @@ class SweepConfigs:
         config = hydra_load(loader, master, overrides)
         self.composed["full"] += 1
         if slots is not None:
-            self.twins[slots] = Twin(loader, master, parsed, copy.deepcopy(config))
+            self.twins[slots] = Twin(loader, master, parsed, copied(config))
             self.twins.move_to_end(slots)
             while len(self.twins) > MAX_TWINS:
                 self.twins.popitem(last=False)
@@ -208,7 +209,7 @@ def overlapping(keys: list[str]) -> bool:
 def from_twin(twin: Twin, master: DictConfig, overrides: list[Override]) -> DictConfig:
     """The job's config: a copy of its twin's, redoing what Hydra does per job."""
     changed = [new for new, old in zip(overrides, twin.overrides) if new.input_line != old.input_line]
-    config = copy.deepcopy(twin.config)
+    config = copied(twin.config)
     try:
         ConfigLoaderImpl._apply_overrides_to_config(changed, config)
     except OmegaConfBaseException as error:  # as Hydra's load_configuration reports it

@@ -11,11 +11,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.nodes import ValueNode
 
 from framework import sweep_configs
 from framework.locations import config_dir
 from framework.run_folders import register_resolvers
+from tests.config_facts import node_facts
 
 HYDRA_LOAD = ConfigLoaderImpl.load_sweep_config  # Hydra's own, whatever is installed
 
@@ -39,22 +39,6 @@ def sweep(registry, tmp_path, monkeypatch):
     yield master_of
     context.__exit__(None, None, None)
     GlobalHydra.instance().clear()
-
-
-def node_facts(node, path: str = "") -> list:
-    """Everything that tells two configs apart: each node's class, metadata (types, flags, key)
-    and inherited struct/readonly flags, and each value as stored (unresolved)."""
-    metadata = {name: value for name, value in vars(node._metadata).items() if name != "resolver_cache"}
-    facts = [(path, type(node).__name__, repr(metadata), node._get_flag("struct"), node._get_flag("readonly"))]
-    if isinstance(node, ValueNode):
-        value = node._value()
-        return facts + [(path, type(value).__name__, repr(value))]
-    if node._is_none() or node._is_missing() or node._is_interpolation():
-        return facts + [(path, "content", repr(node._value()))]
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    for key in keys:
-        facts += node_facts(node._get_node(key), f"{path}.{key}")
-    return facts
 
 
 def resolved(config: DictConfig):

@@ -1,0 +1,82 @@
+"""``framework.config_yaml`` writes the text ``OmegaConf.to_yaml`` writes, for one config and
+for a run of configs where only some entries change (its kept texts reused), on the configs
+Hydra composes for the framework and on values YAML writes in unusual ways."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from framework.config_yaml import ConfigYaml, save_config
+from framework.locations import config_dir
+
+AWKWARD_VALUES = {
+    "int_vs_string": [1, "1", 1.0, True, "true", "null", None, "", " ", "~", "yes", "1e3", ".inf"],
+    "floats": [float("inf"), float("-inf"), float("nan"), 1e-300, 0.1 + 0.2],
+    "long_quoted": "a line:\n" + "word " * 60 + "\n\ttabbed # not a comment: {braces} [brackets]\n",
+    "long_plain": "word " * 40,
+    "unicode": "naïve ∑ 日本 \u2028 emoji 🙂",
+    "empty": {"dict": {}, "list": [], "nested": [[], {}, [[]]]},
+    "int_keys": {1: "one", "1": "string one"},
+    "colons": {"a: b": "c: d", "- dash": "- item", "#": "#"},
+    "bytes": b"\x00\x01binary",
+    "deep": {"a": {"b": {"c": {"d": [1, {"e": [2, 3]}]}}}},
+    "key" * 50: "a key too long for a simple key",
+}
+
+
+def expected(config) -> str:
+    return OmegaConf.to_yaml(config)
+
+
+@pytest.mark.parametrize("shape", ["flat", "under_one_key", "single_value"])
+def test_awkward_values_are_written_as_omegaconf_writes_them(shape):
+    config = {"flat": AWKWARD_VALUES, "under_one_key": {"hydra": AWKWARD_VALUES},
+              "single_value": {"only": 3}}[shape]
+    config = OmegaConf.create(config)
+    writer = ConfigYaml()
+    assert writer.text(config) == expected(config)
+    assert writer.text(config) == expected(config)  # from the kept texts
+    assert writer.kept  # they were kept
+
+
+def test_a_run_of_configs_where_some_entries_change():
+    writer = ConfigYaml()
+    base = {"hydra": {"help": {"header": "long " * 50}, "job": {"id": 0, "name": "x"},
+                      "overrides": {"task": ["a=1"]}, "empty": {}},
+            "model": {"n": 3}}
+    single = {"hydra": dict(base["hydra"])}
+    for job in range(6):
+        for config in (base, single):
+            config["hydra"]["job"] = {"id": job, "name": "x" if job % 2 else "y"}
+            config["hydra"]["overrides"] = {"task": [f"a={job}"] * (job % 3)}
+            composed = OmegaConf.create(config)
+            assert writer.text(composed) == expected(composed)
+
+
+def test_lists_and_empty_configs():
+    writer = ConfigYaml()
+    for config in (OmegaConf.create([]), OmegaConf.create({}), OmegaConf.create(["x=1", "y=${z}"]),
+                   OmegaConf.create({"hydra": {}}), OmegaConf.create({"hydra": []})):
+        assert writer.text(config) == expected(config)
+
+
+@pytest.mark.parametrize("task", ["polyfit", "legendre", "linear"])
+def test_the_framework_configs_hydra_composes(task, tmp_path, registry):
+    GlobalHydra.instance().clear()
+    writer = ConfigYaml()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            for rate in ("0.1", "0.01", "0.1"):
+                config = compose(config_name="config", overrides=[f"+task={task}", f"optimizer.lr={rate}"],
+                                 return_hydra_config=True)
+                for part in (config, config.hydra.overrides.task):
+                    assert writer.text(part) == expected(part)
+                hydra_only = OmegaConf.masked_copy(config, "hydra")
+                assert writer.text(hydra_only) == expected(hydra_only)
+                save_config(hydra_only, "hydra.yaml", tmp_path / rate)
+                assert (tmp_path / rate / "hydra.yaml").read_text(encoding="utf-8") == expected(hydra_only)
+    finally:
+        GlobalHydra.instance().clear()

@@ -9,6 +9,10 @@ import time
 from pathlib import Path
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
+# zlib's fastest level for the figures' PNGs: ≈ 6 against ≈ 10 ms a figure at PIL's default
+# (6), for ≈ 1.2× the bytes (≈ 25 KB); the image is the same, pixel for pixel. A sweep's figure
+# writer encodes two a job.
+PNG_COMPRESS_LEVEL = 1
 
 
 def event_file_second(path: Path) -> int | None:
@@ -31,6 +35,21 @@ def wait_until_a_new_file_sorts_last(run_dir: Path, host: str, pid: int) -> None
     names = [path.name for path in Path(run_dir).glob(EVENT_FILE_PREFIX + "*")]
     while names and f"{EVENT_FILE_PREFIX}{int(time.time()):010d}.{host}.{pid}." <= max(names):
         time.sleep(int(time.time()) + 1 - time.time() + 0.001)
+
+
+def image_summary(tag: str, pixels):
+    """A Summary holding ``pixels`` (HWC uint8 RGB) as a PNG image under ``tag``: what torch's
+    ``SummaryWriter.add_image(tag, pixels, dataformats="HWC")`` writes, compressed faster."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    height, width, channels = pixels.shape
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def tensorflow_mask(crc: int) -> int:

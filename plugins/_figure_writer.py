@@ -271,31 +271,24 @@ def draw_all(work: queue.Queue, slots: threading.Semaphore) -> None:
 
 def write_image(folder: Folder, tag: str, step: int, drawing: tuple) -> None:
     """Draw ``drawing`` and add it to the folder's event file as torch's ``add_image`` would."""
-    import io
     import socket
     import time
 
-    from PIL import Image
     from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from framework_plugins._event_files import use_native_checksums, wait_until_a_new_file_sorts_last
+    from framework_plugins._event_files import image_summary, use_native_checksums, wait_until_a_new_file_sorts_last
     from framework_plugins._figures import draw_fit, loss_figure
 
     use_native_checksums()
 
     what, *arguments = drawing
     pixels = loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)
-    png = io.BytesIO()
-    Image.fromarray(pixels).save(png, format="PNG")
-    height, width, channels = pixels.shape
-    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png.getvalue())
+    summary = image_summary(tag, pixels)
     if folder.events is None:
         wait_until_a_new_file_sorts_last(Path(folder.run_dir), socket.gethostname(), os.getpid())
         folder.events = EventFileWriter(folder.run_dir)
-    folder.events.add_event(Event(wall_time=time.time(), step=int(step),
-                                  summary=Summary(value=[Summary.Value(tag=tag, image=image)])))
+    folder.events.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
 
 def finish(folder: Folder) -> None:

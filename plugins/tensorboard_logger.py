@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from framework import KINDS, Component, OutputError, hookimpl, is_small_model, setting
 from framework.cluster import in_submitit_job
 from framework_plugins._event_files import (
+    image_summary,
     use_native_checksums,
     wait_until_a_new_file_sorts_last,
     write_in_caller_thread,
@@ -269,7 +270,7 @@ class TensorBoardLogger:
 
         what, *arguments = drawing
         image = loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)
-        self.writer.add_image(tag, image, step, dataformats="HWC")
+        self.writer.file_writer.add_summary(image_summary(tag, image), step)
 
     # HParams: TensorBoard keeps the first summary of each tag in a run folder, so the session's
     # start is written once, when the run first starts, and its end once, when the run ends for

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from framework.config_walks import child_config
 from framework.errors import ConfigError
 
 RANGE_KEY = "range"  # the dataclass field metadata key that holds a field's Range
@@ -146,7 +147,8 @@ def declared_ranges(schema: type) -> dict[str, tuple[Range, bool]]:
 def range_errors(node: Any, path: str = "") -> list[str]:
     """One message per value out of its declared range, under ``node`` (a composed config)."""
     if isinstance(node, ListConfig):
-        return [error for index, item in enumerate(node) for error in range_errors(item, f"{path}[{index}]")]
+        return [error for index in range(len(node))
+                for error in range_errors(child_config(node, index), f"{path}[{index}]")]
     if not isinstance(node, DictConfig):
         return []
     ranges = declared_ranges(OmegaConf.get_type(node))
@@ -155,11 +157,12 @@ def range_errors(node: Any, path: str = "") -> list[str]:
         if OmegaConf.is_missing(node, key):
             continue  # reported as missing by the run
         where = f"{path}.{key}" if path else str(key)
-        value = node[key]
         declared, optional = ranges.get(key, (None, False))
-        if declared is None:
-            errors.extend(range_errors(value, where))
-        elif value is not None:
+        if declared is None:  # only containers below hold ranges: plain values are not read
+            errors.extend(range_errors(child_config(node, key), where))
+            continue
+        value = node[key]
+        if value is not None:
             items = enumerate(value) if isinstance(value, ListConfig) else [(None, value)]
             for index, item in items:
                 if not declared.admits(item):

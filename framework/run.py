@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import distributed
 from framework.build import build_per_fit, build_state
 from framework.checkpoints import Checkpointer
+from framework.config_walks import missing_keys
 from framework.devices import resolve_device, resolve_dtype, seed_everything, use_deterministic
 from framework.errors import ConfigError, user_message
 from framework.loop import fit
@@ -43,7 +44,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
 def checked_trainer(cfg: DictConfig) -> TrainerConfig:
     """Refuse a config with missing values, unknown keys, numbers out of range or settings that
     exclude each other, before any work; return its ``trainer.*`` settings."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"no value for {', '.join(missing)}; set it on the command line "

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from framework.config_walks import child_config
 from framework.errors import ConfigError
 from framework.ranges import setting
 from framework.registry import KINDS, PER_FIT_KINDS, Registry
@@ -134,7 +135,7 @@ def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:
         if declared is not None and key not in declared:
             found.append((where, sorted(declared)))
         elif not OmegaConf.is_missing(node, key):
-            found.extend(unknown_keys(node[key], where))
+            found.extend(unknown_keys(child_config(node, key), where))
     return found
 
 

@@ -17,7 +17,10 @@ retained, but not copied"). Two things are not pickled as values:
   holds them while the copy is made.
 - **The parent** of the copied node is kept by reference, not copied with it.
 
-Where a config holds something pickle cannot take, the copy is ``copy.deepcopy``'s.
+Where a config holds something pickle cannot take, or may hold objects (``allow_objects``, which
+deepcopy shares and pickle would copy), the copy is ``copy.deepcopy``'s. A node below the
+copied one's children whose parent lies outside the copy is not looked for (OmegaConf makes
+none; ``HydraConfig`` re-parents only the ``hydra`` node, a child).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class _ConfigPickler(pickle.Pickler):
 
 def _copied(config: Config, replaced: dict[int, tuple] | None = None) -> Config:
     parent = config.__dict__["_parent"]
-    content = config.__dict__["_content"]
+    content = config.__dict__.get("_content")  # a value node has none
     children = content.values() if isinstance(content, dict) else content if isinstance(content, list) else ()
     # As OmegaConf's __deepcopy__, each child's copy has the copy for parent, also a child whose
     # parent is elsewhere (HydraConfig's hydra node has the job's config for parent).
@@ -83,6 +86,8 @@ def _copied(config: Config, replaced: dict[int, tuple] | None = None) -> Config:
 
 def copied(config: Config) -> Config:
     """``copy.deepcopy(config)``."""
+    if config._get_flag("allow_objects"):  # deepcopy shares such objects; pickle would copy them
+        return copy.deepcopy(config)
     try:
         return _copied(config)
     except (pickle.PicklingError, TypeError, AttributeError):
@@ -98,8 +103,8 @@ def copied_without(config: DictConfig, key: str) -> DictConfig:
     it): ``copy.deepcopy(config, memo={id(node): OmegaConf.create({})})``, without copying the
     node."""
     node = config._get_node(key) if key in config else None
-    if node is None:
-        return copied(config)
+    if node is None or config._get_flag("allow_objects"):
+        return copied(config) if node is None else copy.deepcopy(config, memo={id(node): DictConfig({})})
     try:
         result = _copied(config, {id(node): (_empty_config, ())})
     except (pickle.PicklingError, TypeError, AttributeError):

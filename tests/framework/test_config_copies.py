@@ -109,3 +109,17 @@ def test_what_pickle_cannot_take_is_copied_by_deepcopy(composed, monkeypatch):
     node = composed._get_node("hydra")
     assert node_facts(copied_without(composed, "hydra")) == node_facts(
         copy.deepcopy(composed, memo={id(node): OmegaConf.create({})}))
+
+
+def test_a_value_node_and_objects_are_copied_as_deepcopy_copies_them():
+    node = OmegaConf.create({"x": 3})._get_node("x")
+    assert copied(node)._value() == copy.deepcopy(node)._value() == 3
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    config = OmegaConf.create({"o": thing, "n": {"m": 1}}, flags={"allow_objects": True})
+    # deepcopy shares objects held under allow_objects; so do these copies.
+    assert copied(config)._get_node("o")._value() is thing is copy.deepcopy(config)._get_node("o")._value()
+    assert copied_without(config, "n")._get_node("o")._value() is thing

@@ -21,7 +21,6 @@ AWKWARD_VALUES = {
     "empty": {"dict": {}, "list": [], "nested": [[], {}, [[]]]},
     "int_keys": {1: "one", "1": "string one"},
     "colons": {"a: b": "c: d", "- dash": "- item", "#": "#"},
-    "bytes": b"\x00\x01binary",
     "deep": {"a": {"b": {"c": {"d": [1, {"e": [2, 3]}]}}}},
     "key" * 50: "a key too long for a simple key",
 }
@@ -80,3 +79,28 @@ def test_the_framework_configs_hydra_composes(task, tmp_path, registry):
                 assert (tmp_path / rate / "hydra.yaml").read_text(encoding="utf-8") == expected(hydra_only)
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_top_level_keys_python_takes_for_one_are_written_apart():
+    """1, 1.0 and True are one dict key to Python and three keys to YAML."""
+    writer = ConfigYaml()
+    for key in (1, True, 1.0, "1", 1):
+        config = OmegaConf.create({key: {"a": 1}})
+        assert writer.text(config) == expected(config)
+
+
+def test_values_beyond_jsons_kinds_are_written_whole():
+    writer = ConfigYaml()
+    config = OmegaConf.create({"bytes": b"\x00\x01binary", "text": "x"})
+    assert writer.text(config) == expected(config)
+    assert not writer.kept
+
+
+def test_one_object_in_two_entries_keeps_its_anchor():
+    """YAML writes an object met twice once, with an anchor; entries written apart would not."""
+    from pathlib import Path
+
+    shared = Path("/tmp/shared")
+    config = OmegaConf.create({"a": shared, "b": shared})
+    assert "*id001" in expected(config)
+    assert ConfigYaml().text(config) == expected(config)

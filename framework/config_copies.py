@@ -44,13 +44,18 @@ def _referred(key: int) -> Any:
     return _copying.referred[key]
 
 
-class _ConfigPickler(pickle.Pickler):
-    """Pickles a config, referring to classes and to the objects in ``referred``."""
+# What pickle raises for a value it cannot take: the copy is then deepcopy's.
+PICKLE_REFUSALS = (pickle.PicklingError, TypeError, AttributeError)
 
-    def __init__(self, file, referred: tuple[Any, ...]) -> None:
+
+class _ConfigPickler(pickle.Pickler):
+    """Pickles a config, referring to classes and to the objects in ``referred``, and pickling
+    each object of ``replaced`` (by id) as its reduction there."""
+
+    def __init__(self, file, referred: tuple[Any, ...], replaced: dict[int, tuple]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.referred = {id(item) for item in referred}
-        self.replaced: dict[int, tuple] = {}
+        self.replaced = replaced
 
     def reducer_override(self, obj: Any) -> Any:
         key = id(obj)
@@ -62,7 +67,7 @@ class _ConfigPickler(pickle.Pickler):
         return NotImplemented
 
 
-def _copied(config: Config, replaced: dict[int, tuple] | None = None) -> Config:
+def _copied(config: Config, replaced: dict[int, tuple]) -> Config:
     parent = config.__dict__["_parent"]
     content = config.__dict__.get("_content")  # a value node has none
     children = content.values() if isinstance(content, dict) else content if isinstance(content, list) else ()
@@ -70,8 +75,7 @@ def _copied(config: Config, replaced: dict[int, tuple] | None = None) -> Config:
     # parent is elsewhere (HydraConfig's hydra node has the job's config for parent).
     elsewhere = [(child, child.__dict__["_parent"]) for child in children if child.__dict__["_parent"] is not config]
     buffer = io.BytesIO()
-    pickler = _ConfigPickler(buffer, (parent,) if parent is not None else ())
-    pickler.replaced = replaced or {}
+    pickler = _ConfigPickler(buffer, (parent,) if parent is not None else (), replaced)
     _copying.referred = {}
     try:
         for child, _ in elsewhere:
@@ -86,12 +90,12 @@ def _copied(config: Config, replaced: dict[int, tuple] | None = None) -> Config:
 
 def copied(config: Config) -> Config:
     """``copy.deepcopy(config)``."""
-    if config._get_flag("allow_objects"):  # deepcopy shares such objects; pickle would copy them
-        return copy.deepcopy(config)
-    try:
-        return _copied(config)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        return copy.deepcopy(config)
+    if not config._get_flag("allow_objects"):  # deepcopy shares such objects; pickle would copy them
+        try:
+            return _copied(config, {})
+        except PICKLE_REFUSALS:
+            pass
+    return copy.deepcopy(config)
 
 
 def _empty_config() -> DictConfig:
@@ -103,14 +107,17 @@ def copied_without(config: DictConfig, key: str) -> DictConfig:
     it): ``copy.deepcopy(config, memo={id(node): OmegaConf.create({})})``, without copying the
     node."""
     node = config._get_node(key) if key in config else None
-    if node is None or config._get_flag("allow_objects"):
-        return copied(config) if node is None else copy.deepcopy(config, memo={id(node): DictConfig({})})
-    try:
-        result = _copied(config, {id(node): (_empty_config, ())})
-    except (pickle.PicklingError, TypeError, AttributeError):
-        return copy.deepcopy(config, memo={id(node): DictConfig({})})
-    result._get_node(key)._set_parent(result)  # as deepcopy's memo puts it in
-    return result
+    if node is None:
+        return copied(config)
+    if not config._get_flag("allow_objects"):
+        try:
+            result = _copied(config, {id(node): (_empty_config, ())})
+        except PICKLE_REFUSALS:
+            pass
+        else:
+            result._get_node(key)._set_parent(result)  # as deepcopy's memo puts it in
+            return result
+    return copy.deepcopy(config, memo={id(node): _empty_config()})
 
 
 def masked(config: DictConfig, key: str) -> DictConfig:

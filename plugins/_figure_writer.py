@@ -278,13 +278,11 @@ def write_image(folder: Folder, tag: str, step: int, drawing: tuple) -> None:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from framework_plugins._event_files import image_summary, use_native_checksums, wait_until_a_new_file_sorts_last
-    from framework_plugins._figures import draw_fit, loss_figure
+    from framework_plugins._figures import draw
 
     use_native_checksums()
 
-    what, *arguments = drawing
-    pixels = loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)
-    summary = image_summary(tag, pixels)
+    summary = image_summary(tag, draw(drawing))
     if folder.events is None:
         wait_until_a_new_file_sorts_last(Path(folder.run_dir), socket.gethostname(), os.getpid())
         folder.events = EventFileWriter(folder.run_dir)

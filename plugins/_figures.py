@@ -186,6 +186,14 @@ def draw_fit(points: FitPoints, title: str) -> numpy.ndarray:
     return _drawn(("fit/residuals",), build_bars, title)
 
 
+def draw(drawing: tuple) -> numpy.ndarray:
+    """The pixels of a drawing request, as the logger makes them: ``("loss", steps, losses,
+    title)`` for :func:`loss_figure`, ``("fit", points, title)`` for :func:`draw_fit`; drawn in
+    the figure writer, or in the training process where there is none."""
+    what, *arguments = drawing
+    return loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)
+
+
 def fit_figure(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor, title: str):
     """(tag, HWC uint8 image) for the data with the fitted curve (one input and one output
     column) or each row's residual (small data), or None when neither reads well."""

@@ -266,11 +266,9 @@ class TensorBoardLogger:
             self.figures_opened = self.figures.open(self.run_dir, log_file())
         if self.figures_opened and self.figures.image(self.run_dir, tag, step, drawing):
             return
-        from framework_plugins._figures import draw_fit, loss_figure
+        from framework_plugins._figures import draw
 
-        what, *arguments = drawing
-        image = loss_figure(*arguments) if what == "loss" else draw_fit(*arguments)
-        self.writer.file_writer.add_summary(image_summary(tag, image), step)
+        self.writer.file_writer.add_summary(image_summary(tag, draw(drawing)), step)
 
     # HParams: TensorBoard keeps the first summary of each tag in a run folder, so the session's
     # start is written once, when the run first starts, and its end once, when the run ends for

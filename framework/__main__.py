@@ -11,6 +11,7 @@ import signal
 import sys
 
 from framework.errors import STARTUP_INTERRUPTED
+from framework.garbage_collection import made_for_the_process
 
 
 def _stop_at_startup(signum: int, frame) -> None:
@@ -33,11 +34,13 @@ def main() -> None:
     if ours:
         signal.signal(signal.SIGINT, _stop_at_startup)
     try:
-        from framework.quick_answers import answer_without_training
+        # What start-up imports lives as long as the process (framework/garbage_collection.py).
+        with made_for_the_process():
+            from framework.quick_answers import answer_without_training
 
-        answered = answer_without_training(sys.argv[1:])
-        if answered is None:
-            from framework.cli import main as cli_main
+            answered = answer_without_training(sys.argv[1:])
+            if answered is None:
+                from framework.cli import main as cli_main
     finally:
         if ours:
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.batched_fit import Trajectory, batched_fit, flat_trainable, is_flattened
 from framework.errors import TrainingError
+from framework.garbage_collection import freeze_survivors
 from framework.markers import hookimpl
 from framework.state import LoopState
 
@@ -392,16 +393,9 @@ def replay_step(state: LoopState, trajectory: Trajectory):
 # ---------------------------------------------------------------------------------- launch
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-    """The launcher's ``launch``: plan, train the batches, then run every job in order."""
-    from hydra.core.utils import configure_log, filter_overrides, setup_globals
-
-    from framework.job_runs import run_job
-
-    setup_globals()
+def planned(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list[Job], list[list[Job]]]:
+    """Every job, its config composed; and the batches, trained."""
     config, context = launcher.config, launcher.hydra_context
-    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = []
     for offset, overrides in enumerate(job_overrides):
         index = initial_job_idx + offset
@@ -410,8 +404,6 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             job_config.hydra.job.id = index
             job_config.hydra.job.num = index
         jobs.append(Job(index, list(overrides), job_config))
-
-    replay = Replay()
     if SHARED.manager is None:
         for job in jobs:
             job.alone_because = "the launcher runs outside the framework's command line"
@@ -424,6 +416,23 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     if batches:
         start_figure_writer(jobs)
         train_batches(batches)
+    return jobs, batches
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+    """The launcher's ``launch``: plan, train the batches, then run every job in order."""
+    from hydra.core.utils import configure_log, filter_overrides, setup_globals
+
+    from framework.job_runs import run_job
+
+    setup_globals()
+    config, context = launcher.config, launcher.hydra_context
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs, batches = planned(launcher, job_overrides, initial_job_idx)
+    freeze_survivors()  # every job's config lives until its job has run (framework/garbage_collection.py)
+    replay = Replay()
+    if batches:
         SHARED.manager.register(replay, name="framework.vectorized.replay")
     runs = []
     try:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.cluster import in_submitit_job
+from framework.garbage_collection import made_for_the_process
 
 try:
     import fcntl
@@ -249,8 +250,11 @@ def serve() -> None:
 
 
 def draw_all(work: queue.Queue, slots: threading.Semaphore) -> None:
-    for module in WARM_UP:  # imported while the first run trains, not when its figures are due
-        importlib.import_module(module)
+    # Imported while the first run trains, not when its figures are due; what they make lives as
+    # long as the writer (framework/garbage_collection.py).
+    with made_for_the_process():
+        for module in WARM_UP:
+            importlib.import_module(module)
 
     folders: dict[str, Folder] = {}
     while (item := work.get()) is not None:

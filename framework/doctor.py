@@ -34,6 +34,7 @@ import torch
 
 from framework.least_squares import SQUARED_LOSS_SCALES, LeastSquares, run_problem
 from framework.state import BuiltRun
+from framework.vector_products import grad_with
 
 # Columns whose RMS differ by this factor or more are reported. Gradient descent's curvature along
 # a column grows with the square of its scale, so 10× in scale is 100× in curvature: the step the
@@ -192,8 +193,7 @@ def local_largest_eigenvalue(run: BuiltRun, *, whole_up_to: int = WHOLE_HESSIAN_
         if not gradient.requires_grad:  # no parameter reaches the gradient's graph
             return torch.zeros_like(vector)
         try:
-            products = torch.autograd.grad(gradient, parameters, grad_outputs=vector, retain_graph=True,
-                                           allow_unused=True)
+            products = grad_with(gradient, parameters, vector, retain_graph=True, allow_unused=True)
         except RuntimeError as error:
             raise CurvatureUnavailable(first_line(error)) from error
         return torch.cat([torch.zeros(size, dtype=gradient.dtype, device=gradient.device) if product is None

@@ -7,6 +7,7 @@ import torch
 
 from framework import Component, ConfigError, hookimpl, setting
 from framework.flat_parameters import lent_leaf
+from framework.vector_products import backward_with
 from framework_plugins._initial_values import initial_values
 
 ORDERS = ("descending", "ascending")
@@ -153,11 +154,11 @@ def check_matmul_over_jobs(design: torch.Tensor, jobs: int) -> None:
     upstream = torch.randn(jobs, design.shape[0], 1, generator=generator, dtype=design.dtype, device=design.device)
     with torch.enable_grad():
         batched = torch.bmm(design.detach().expand(jobs, *design.shape), columns)
-        batched.backward(upstream)
+        backward_with(batched, upstream)
         for job in range(jobs):
             column = columns[job].detach().clone().requires_grad_(True)
             alone = torch.mm(design.detach(), column)
-            alone.backward(upstream[job])
+            backward_with(alone, upstream[job])
             if not (torch.equal(alone, batched[job]) and torch.equal(column.grad, columns.grad[job])):
                 raise ValueError(
                     f"model.form=matmul: torch's batched product rounds job {job} of {jobs} differently "

@@ -17,8 +17,9 @@ walks every object the collector tracks. Two phases make many objects that outli
   left is frozen.
 
 The collector runs as usual on everything made after. The cost: a frozen object that becomes
-garbage is freed when the process ends, not by a collection. Start-up objects live that long;
-a sweep's job configs die with the launch, and the command line's process ends with the sweep.
+garbage is freed when the process ends, or by the next launch's full collection
+(:func:`freeze_survivors`), not sooner. Start-up objects live that long; a sweep's job configs die
+with the launch, and the command line's process ends with the sweep.
 """
 
 from __future__ import annotations
@@ -42,8 +43,23 @@ def made_for_the_process() -> Iterator[None]:
             gc.enable()
 
 
+class _Launches:
+    froze = False  # a launch in this process froze its plan (freeze_survivors)
+
+
 def freeze_survivors() -> None:
     """Everything alive now lives on (a sweep's job configs): what the young generations hold
-    that is garbage is freed, and the rest is frozen."""
-    gc.collect(1)
+    that is garbage is freed, and the rest is frozen.
+
+    A sweeper that launches batch after batch in one process (Optuna's, ``n_jobs`` trials at a
+    time) drops each batch's configs and returns once it has read them; frozen, they would stay
+    until the process ends. So a later launch first unfreezes everything and collects it all
+    (one full collection a batch, which frees what earlier batches left), then freezes what is
+    alive. The first launch, the only one of a plain sweep, needs only the young generations."""
+    if _Launches.froze:
+        gc.unfreeze()
+        gc.collect()
+    else:
+        gc.collect(1)
     gc.freeze()
+    _Launches.froze = True

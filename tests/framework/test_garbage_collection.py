@@ -11,6 +11,7 @@ import weakref
 
 import pytest
 
+from framework import garbage_collection
 from framework.garbage_collection import freeze_survivors, made_for_the_process
 
 
@@ -30,12 +31,15 @@ def collections_seen():
             seen.append(info["generation"])
 
     gc.callbacks.append(count)
+    froze = garbage_collection._Launches.froze
+    garbage_collection._Launches.froze = False
     try:
         yield seen
     finally:
         gc.callbacks.remove(count)
         gc.unfreeze()
         gc.enable()
+        garbage_collection._Launches.froze = froze
 
 
 def test_objects_made_for_the_process_are_made_without_collections_and_frozen(collections_seen):
@@ -72,6 +76,19 @@ def test_survivors_are_frozen_and_young_garbage_freed(collections_seen):
     assert gone() is None
     assert gc.get_freeze_count() >= frozen_before + len(kept)
     assert gc.isenabled()
+
+
+def test_a_later_launch_frees_what_an_earlier_one_froze(collections_seen):
+    """Optuna's sweeper launches batch after batch in one process, dropping each batch's configs."""
+    batch = [Node() for _ in range(100)]
+    first_batch = weakref.ref(batch[0])
+    freeze_survivors()  # the first launch's plan
+    del batch  # the sweeper is done with the batch: a frozen cycle, freed by no collection
+    gc.collect()
+    assert first_batch() is not None
+    freeze_survivors()  # the next launch's plan
+    assert first_batch() is None
+    assert gc.get_freeze_count() > 0
 
 
 def test_a_runs_start_up_sets_off_no_full_collection(tmp_path):

@@ -365,12 +365,11 @@ def replay_step(state: LoopState, trajectory: Trajectory):
     params, grads = record.params[:, job], record.grads[:, job]
     grad_norms = None if record.grad_norms is None else record.grad_norms[:, job]
     # Per parameter, views made once: its values (``.data``: copied into without autograd, so
-    # without a no_grad block a step) and every step's row of the record in its shape, as lists
-    # (unbind makes them in one call, ≈ half the cost of indexing the record every step); a step
+    # without a no_grad block a step) and every step's row of the record in its shape; a step
     # is then two copies a parameter (≈ 1000 steps a job).
     steps_recorded = params.shape[0]
-    targets = [(param, param.data, params[:, start:stop].view(steps_recorded, *param.shape).unbind(),
-                grads[:, start:stop].view(steps_recorded, *param.shape).unbind()) for param, start, stop in spans]
+    targets = [(param, param.data, params[:, start:stop].view(steps_recorded, *param.shape),
+                grads[:, start:stop].view(steps_recorded, *param.shape)) for param, start, stop in spans]
 
     def step(features, targets_):
         index = progress.step

@@ -26,12 +26,24 @@ def _weighted(output: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     return (output * vector).sum()
 
 
+def _torchs_own(output: torch.Tensor, vector) -> bool:
+    """Where the product would not be torch's: a complex output (its sum is no real scalar), and
+    a vector that needs a gradient itself (the product would add into it); torch's call then."""
+    return not isinstance(vector, torch.Tensor) or vector.requires_grad or output.is_complex() or vector.is_complex()
+
+
 def backward_with(output: torch.Tensor, vector: torch.Tensor, **options) -> None:
     """``output.backward(vector, **options)``."""
-    _weighted(output, vector).backward(**options)
+    if _torchs_own(output, vector):
+        output.backward(vector, **options)
+    else:
+        _weighted(output, vector).backward(**options)
 
 
 def grad_with(output: torch.Tensor, inputs: Sequence[torch.Tensor], vector: torch.Tensor,
               **options) -> tuple[torch.Tensor | None, ...]:
-    """``torch.autograd.grad(output, inputs, grad_outputs=vector, **options)``."""
+    """``torch.autograd.grad(output, inputs, grad_outputs=vector, **options)`` (not
+    ``is_grads_batched``)."""
+    if _torchs_own(output, vector):
+        return torch.autograd.grad(output, inputs, grad_outputs=vector, **options)
     return torch.autograd.grad(_weighted(output, vector), inputs, **options)

@@ -430,7 +430,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs, batches = planned(launcher, job_overrides, initial_job_idx)
-    freeze_survivors()  # every job's config lives until its job has run (framework/garbage_collection.py)
+    if SHARED.manager is not None:  # the command line's process, whose heap is the framework's
+        freeze_survivors()  # every job's config lives until its job has run (framework/garbage_collection.py)
     replay = Replay()
     if batches:
         SHARED.manager.register(replay, name="framework.vectorized.replay")

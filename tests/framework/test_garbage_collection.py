@@ -78,6 +78,13 @@ def test_survivors_are_frozen_and_young_garbage_freed(collections_seen):
     assert gc.isenabled()
 
 
+def test_a_collector_turned_off_is_left_alone(collections_seen):
+    gc.disable()
+    frozen_before = gc.get_freeze_count()
+    freeze_survivors()
+    assert gc.get_freeze_count() == frozen_before and collections_seen == [] and not gc.isenabled()
+
+
 def test_a_later_launch_frees_what_an_earlier_one_froze(collections_seen):
     """Optuna's sweeper launches batch after batch in one process, dropping each batch's configs."""
     batch = [Node() for _ in range(100)]

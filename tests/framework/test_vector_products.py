@@ -46,6 +46,20 @@ def test_the_gradients_are_torchs_bit_for_bit(dtype):
             assert torch.equal(a, ours[0])
 
 
+def test_where_the_sum_would_differ_torch_computes_it():
+    """A vector that needs a gradient (the product would add into it) and a complex output (its
+    sum is no real scalar) go to torch's own call, with its results."""
+    x = torch.ones(3, requires_grad=True)
+    vector = torch.full((3,), 2.0, requires_grad=True)
+    backward_with(x * 3, vector)
+    assert vector.grad is None and torch.equal(x.grad, torch.full((3,), 6.0))
+    z = torch.tensor([1 + 2j, 3 - 1j], requires_grad=True)
+    direction = torch.tensor([0.5 - 1j, 2 + 0.25j])
+    ours, = grad_with(z * z, [z], direction)
+    theirs, = torch.autograd.grad(z * z, [z], grad_outputs=direction)
+    assert torch.equal(ours, theirs)
+
+
 def test_a_vector_of_another_shape_is_refused():
     columns = torch.ones(3, requires_grad=True)
     with pytest.raises(RuntimeError, match="Mismatch in shape"):

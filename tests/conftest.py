@@ -117,6 +117,16 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
     )
 
 
+def run_cli_watched(watch: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``run_cli``, with the Python code ``watch`` run first in the same process (to install
+    a ``gc`` callback or an ``atexit`` report, say)."""
+    script = "\n".join([watch, "import runpy, sys",
+                         f"sys.argv = ['framework', *{list(args)!r}]",
+                         "runpy.run_module('framework', run_name='__main__')"])
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.fixture
 def recorder(manager):
     """A Recorder plugin registered on the test's manager (see tests/recorder.py)."""

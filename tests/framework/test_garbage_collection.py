@@ -4,8 +4,6 @@ collector's walks; in a real process, a run's start-up sets off no full collecti
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
 import weakref
 
@@ -13,6 +11,7 @@ import pytest
 
 from framework import garbage_collection
 from framework.garbage_collection import freeze_survivors, made_for_the_process
+from tests.conftest import run_cli_watched
 
 
 class Node:
@@ -100,16 +99,13 @@ def test_a_later_launch_frees_what_an_earlier_one_froze(collections_seen):
 
 def test_a_runs_start_up_sets_off_no_full_collection(tmp_path):
     """Without the pause, importing torch and Hydra set off 3 full collections in every run."""
-    script = textwrap.dedent(f"""
-        import atexit, gc, runpy, sys
+    watch = textwrap.dedent("""
+        import atexit, gc, sys
         full = []
         gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2 and full.append(1))
         atexit.register(lambda: print("full collections:", len(full), file=sys.stderr))
-        sys.argv = ["framework", "+task=linear", "trainer.max_steps=5",
-                    "hydra.run.dir={(tmp_path / 'run').as_posix()}"]
-        runpy.run_module("framework", run_name="__main__")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = run_cli_watched(watch, "+task=linear", "trainer.max_steps=5", "hydra.run.dir=run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "full collections: 0" in done.stderr, done.stderr[-2000:]
     assert (tmp_path / "run" / "result.json").exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from framework.vector_products import backward_with, grad_with
+from tests.conftest import run_cli_watched
 
 
 def graphs(dtype):
@@ -66,14 +67,17 @@ def test_a_vector_of_another_shape_is_refused():
         grad_with(columns * 2, [columns], torch.ones(1))  # broadcasting would have taken it
 
 
+SYMPY_REPORT = textwrap.dedent("""
+    import atexit, sys
+    atexit.register(lambda: print("sympy imported:", "sympy" in sys.modules))
+""")
+
+
 def run_without_sympy(code: str) -> str:
-    script = textwrap.dedent("""
-        import atexit, sys
-        atexit.register(lambda: print("sympy imported:", "sympy" in sys.modules))
-    """) + textwrap.dedent(code)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", SYMPY_REPORT + textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout + done.stderr
+    return done.stdout
 
 
 def test_the_products_import_no_sympy():
@@ -98,10 +102,7 @@ def test_torchs_own_way_imports_it():
 
 
 def test_a_legendre_run_with_its_doctor_imports_no_sympy(tmp_path):
-    out = run_without_sympy(f"""
-        import runpy
-        sys.argv = ["framework", "+task=legendre", "trainer.max_steps=5", "hydra.run.dir={(tmp_path / 'run').as_posix()}"]
-        runpy.run_module("framework", run_name="__main__")
-    """)
-    assert "doctor:" in out
-    assert "sympy imported: False" in out
+    done = run_cli_watched(SYMPY_REPORT, "+task=legendre", "trainer.max_steps=5", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "doctor:" in done.stdout + done.stderr
+    assert "sympy imported: False" in done.stdout

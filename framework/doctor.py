@@ -6,7 +6,7 @@ x² column against its constant). For SGD it computes the largest stable learnin
 the largest eigenvalue of the loss's Hessian: exactly for a least-squares problem (the Hessian
 is constant), and otherwise as a local estimate at the initial parameters from Hessian-vector
 products. When ``optimizer.lr`` exceeds the bound it warns, with the bound and the remedies,
-before the run diverges. Adaptive optimizers (Adam, NAdam, RMSprop) and LBFGS choose their own
+before the run diverges. Adaptive optimizers (Adam, NAdam, RMSprop, Adagrad) and LBFGS choose their own
 step sizes: no bound is checked for them, but the condition number and scales still apply.
 
 The bound, for the quadratic with Hessian eigenvalue L (plus weight decay wd, which adds wd to

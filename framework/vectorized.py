@@ -4,7 +4,8 @@ batched computation, and give every job the folder its own run would have writte
 ``python -m framework -m hydra/launcher=vectorized +task=polyfit 'optimizer.lr=0.001,0.01,0.1'``
 
 1. **Group.** Jobs join one group when their composed configs are equal but for the numeric
-   optimizer options (:data:`PER_JOB_OPTIMIZER_OPTIONS`) and ``trainer.seed``, and nothing in
+   optimizer options (``PER_JOB_OPTIONS`` of ``framework_plugins._batched_optimizers``, which
+   takes them per job) and ``trainer.seed``, and nothing in
    them needs a job's own loop (:func:`why_not_batched`). Each job of a group is then built as its
    own run builds it (its seed gives its initial values); jobs whose data or parameter shapes
    differ (a seed that draws the data) split the group. A group is cut into batches that fit the
@@ -44,9 +45,6 @@ from framework.state import LoopState
 
 log = logging.getLogger("framework.vectorized")
 
-# The optimizer options that may differ between the jobs of one batch (issue 12, point 2).
-PER_JOB_OPTIMIZER_OPTIONS = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "alpha",
-                             "momentum_decay")
 # Activations per job, in copies of the targets, for the memory cap: the predictions, the
 # residuals and their gradients, with room to spare.
 ACTIVATION_COPIES = 8
@@ -120,9 +118,11 @@ def why_not_batched(task_config: dict[str, Any]) -> str | None:
 
 def group_key(task_config: dict[str, Any]) -> str:
     """What must be equal for two jobs to share a batch: the config less the per-job numbers."""
+    from framework_plugins._batched_optimizers import PER_JOB_OPTIONS
+
     config = json.loads(json.dumps(task_config, default=str))
     optimizer = config.get("optimizer") or {}
-    for name in PER_JOB_OPTIMIZER_OPTIONS:
+    for name in PER_JOB_OPTIONS:
         optimizer.pop(name, None)
     data = config.get("data") or {}
     if not data.get("shuffle"):  # the seed then draws initial values (and data, compared when built)

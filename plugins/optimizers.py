@@ -10,6 +10,7 @@ OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "nadam": torch.optim.NAdam,
     "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
     "lbfgs": torch.optim.LBFGS,
 }
 
@@ -25,6 +26,8 @@ OPTION_RANGES = {
     "eps": Range(gt=0),
     "alpha": Range(ge=0, lt=1),  # RMSprop's smoothing of the squared gradient
     "momentum_decay": Range(ge=0),
+    "lr_decay": Range(ge=0),  # Adagrad: lr / (1 + (step - 1) * lr_decay)
+    "initial_accumulator_value": Range(ge=0),  # Adagrad: the sum of squared gradients it starts from
     "max_iter": Range(ge=1),  # LBFGS: iterations per step
     "max_eval": Range(ge=1),  # LBFGS: function evaluations per step (null: max_iter * 5/4)
     "tolerance_grad": Range(ge=0),

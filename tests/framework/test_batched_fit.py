@@ -96,6 +96,9 @@ OPTIMIZER_CASES = {
                                   "optimizer.lr=0.1 optimizer.weight_decay=0.01"]),
     "rmsprop": ("optimizer=rmsprop", ["optimizer.lr=0.001 optimizer.alpha=0.9", "optimizer.lr=0.01",
                                       "optimizer.lr=0.003 optimizer.momentum=0.5"]),
+    "adagrad": ("optimizer=adagrad", ["optimizer.lr=0.1", "optimizer.lr=0.5 optimizer.lr_decay=0.01",
+                                      "optimizer.lr=0.3 optimizer.initial_accumulator_value=0.1 "
+                                      "optimizer.weight_decay=0.01 optimizer.eps=1e-8"]),
 }
 
 
@@ -181,6 +184,9 @@ def test_grouping_keeps_apart_what_is_more_than_optimizer_numbers_and_the_seed(c
     assert key("optimizer.lr=0.1") != key("optimizer.lr=0.1", "trainer.max_steps=10")
     assert key("optimizer=adam") != key("optimizer=nadam")
     assert key("optimizer=adam") != key("optimizer=adam", "optimizer.amsgrad=true")
+    assert key("optimizer=adagrad") == key("optimizer=adagrad", "optimizer.lr_decay=0.01",
+                                           "optimizer.initial_accumulator_value=0.1")
+    assert key("optimizer=adagrad") != key("optimizer=adagrad", "optimizer.maximize=true")
     assert key() != key("trainer.dtype=float64")
     # with shuffled minibatches the seed orders the batches: it is no longer a per-job number
     assert key("data.batch_size=5", "data.shuffle=true") != key("data.batch_size=5", "data.shuffle=true",

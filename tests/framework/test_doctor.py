@@ -217,7 +217,7 @@ def test_sgd_bounds_separate_torch_sgd_runs_on_a_quadratic(options):
     assert not quadratic_sgd_ends_at(1.05 * bound, curvature, 3000, **options) < 1e3
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "nadam", "rmsprop", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["adam", "nadam", "rmsprop", "adagrad", "lbfgs"])
 def test_optimizers_that_pick_their_steps_get_no_bound_but_the_conditioning(optimizer, built):
     diagnosis = diagnose(built(["+task=polyfit", f"optimizer={optimizer}", "optimizer.lr=10"]))
     assert diagnosis.step_rule is None and diagnosis.lr_bound is None and diagnosis.warnings == []

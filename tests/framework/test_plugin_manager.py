@@ -23,7 +23,7 @@ from framework.registry import Registry
 EXPECTED_COMPONENTS = {
     "model": {"polynomial", "linear", "sine_cubic"},
     "loss": {"mse", "sse", "l1", "huber"},
-    "optimizer": {"sgd", "adam", "adamw", "nadam", "rmsprop", "lbfgs"},
+    "optimizer": {"sgd", "adam", "adamw", "nadam", "rmsprop", "adagrad", "lbfgs"},
     "data": {"polynomial", "tensor", "sine", "equations", "csv"},
     "logger": {"console", "tensorboard"},
     "scheduler": {"none", "step", "exponential", "cosine", "linear"},
@@ -341,7 +341,7 @@ def test_unknown_name_lists_what_exists(manager):
     with pytest.raises(ConfigError) as caught:
         registry.get("model", "polynomal")
     assert str(caught.value) == "unknown model 'polynomal'; available: linear, polynomial, sine_cubic"
-    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'; available: adam, adamw, lbfgs, nadam, rmsprop, sgd"):
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'; available: adagrad, adam, adamw, lbfgs, nadam, rmsprop, sgd"):
         registry.get("optimizer", "adamm")
 
 

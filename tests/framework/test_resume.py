@@ -29,6 +29,9 @@ CASES = {
         ["+task=sine", "optimizer=nadam", "optimizer.lr=0.01", "data.batch_size=300", "scheduler=step",
          "scheduler.step_size=7", "trainer.max_steps=40"], 11),
     "LBFGS": (["+task=polyfit", "optimizer=lbfgs", "optimizer.lr=1", "trainer.max_steps=12"], 5),
+    # Adagrad makes its state when it is built, not at its first step.
+    "Adagrad with lr_decay": (["+task=polyfit", "optimizer=adagrad", "optimizer.lr=0.5", "optimizer.lr_decay=0.01",
+                               "optimizer.initial_accumulator_value=0.1", "trainer.max_steps=40"], 17),
 }
 COMMON = ["trainer.log_every=5", "trainer.device=cpu"]
 

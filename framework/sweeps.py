@@ -184,17 +184,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    """Write summary.csv and summary.md into the sweep folder; return the Markdown."""
+    """Write summary.csv and summary.md into the sweep folder; return the Markdown.
+
+    Each file is written whole or not at all (:func:`framework.outputs.atomic_write`): the
+    sweep's stop handlers are gone by now, and a Ctrl-C in the middle of a plain write left an
+    empty summary.md behind (tests/cli/test_interrupts.py caught one)."""
     columns = with_optional_columns(SUMMARY_COLUMNS, rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in rows:
         writer.writerow({key: "" if row[key] is None else row[key] for key in columns})
-    (sweep_dir / "summary.csv").write_text(buffer.getvalue())
     text = markdown_table(rows)
     ranking = ranked_by(rows).replace("_", " ")
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\nJobs sorted by {ranking}, best first.\n\n{text}")
+    document = f"# Sweep {sweep_dir}\n\nJobs sorted by {ranking}, best first.\n\n{text}"
+    for name, content in (("summary.csv", buffer.getvalue()), ("summary.md", document)):
+        atomic_write(sweep_dir / name, lambda handle, data=content.encode(): handle.write(data))
     return text
 
 

@@ -103,6 +103,27 @@ def test_summary_sorts_by_final_loss_and_lists_failures_with_their_error(tmp_pat
     assert table[0]["final_loss"] == "0.5" and table[0]["overrides"] == "x=1"
 
 
+def test_a_ctrl_c_while_the_summary_is_written_leaves_the_one_before_whole(tmp_path, monkeypatch):
+    """A Ctrl-C that lands while summary.md is written (the sweep's stop handlers are gone by then)
+    left it empty: a real process caught it (tests/cli/test_interrupts.py). Here the interrupt
+    comes once the new text is written, before it replaces the file."""
+    import framework.outputs
+
+    make_job(tmp_path, "lr=0.1", result("completed", 2.5))
+    write_summary(tmp_path, collect_jobs(tmp_path))
+    before = {name: (tmp_path / name).read_text() for name in ("summary.md", "summary.csv")}
+    make_job(tmp_path, "lr=0.01", result("completed", 0.5))
+
+    def interrupted(_descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(framework.outputs.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_summary(tmp_path, collect_jobs(tmp_path))
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    assert sorted(path.name for path in tmp_path.iterdir() if path.is_file()) == ["summary.csv", "summary.md"]
+
+
 def fit_result(loss, gap):
     return {**result("completed", loss), "optimal_loss": None if gap is None else loss - gap, "optimality_gap": gap}
 

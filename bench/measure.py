@@ -255,6 +255,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_text(machine: dict[str, Any]) -> str:
+    return (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+            f"({machine['torch_threads']} threads), Python {machine['python']}, {machine['device']}")
+
+
 def machine_description() -> dict[str, Any]:
     """CPU model, cores, torch's version and threads, and the device the cases ran on."""
     import torch

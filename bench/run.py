@@ -8,7 +8,9 @@ and their ratio beside the issue's goal (✓/✗). Every side's outcome is check
 final parameters agree), so a broken side is reported as broken, not as fast. Prints the table
 and writes it as ``results.md`` and ``results.json`` into ``--out``. ``--tiny`` runs every case
 on tiny sizes with one repeat (seconds; CI runs it so the command never rots): its figures are
-no measurement. A benchmark, not a test: nothing here asserts a time.
+no measurement. A benchmark, not a test: nothing here asserts a time. On a shared machine, put
+several runs in one table with ``python bench/combine.py DIR DIR ...`` (each goal judged on the
+median of the runs).
 
 Cases (``--cases``, comma-separated; default all):
 
@@ -48,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import process_cases, step_cases  # noqa: E402
-from bench.measure import Row, machine_description, quantity_text  # noqa: E402
+from bench.measure import Row, machine_description, machine_text, quantity_text  # noqa: E402
 
 # name -> (what it measures, function(framework_side or None, settings) -> rows)
 CASES: dict[str, tuple[str, Callable[..., list[Row]]]] = {
@@ -122,11 +124,6 @@ def sides_and_notes(rows: list[Row]) -> str:
         if row.check != "ok":
             lines.append(f"  **Check failed**: {row.check}")
     return "\n".join(lines)
-
-
-def machine_text(machine: dict[str, Any]) -> str:
-    return (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-            f"({machine['torch_threads']} threads), Python {machine['python']}, {machine['device']}")
 
 
 def report(rows: list[Row], machine: dict[str, Any], *, tiny: bool, seconds: float, command: str) -> str:

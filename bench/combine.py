@@ -35,6 +35,9 @@ def load_run(folder: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise CombineError(f"{path}: not a bench/run.py result ({error})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("machine"), dict) \
+            or not isinstance(record.get("cases"), list):
+        raise CombineError(f"{path}: not a bench/run.py result (no machine and cases)")
     if record.get("tiny"):
         raise CombineError(f"{path}: a --tiny run measures nothing")
     return record
@@ -62,15 +65,17 @@ def figure_text(value: float | None, goal: dict[str, Any] | None, quantity: str)
 def combined_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row of the first run with every run's figure and their median."""
     first = runs[0]
-    names = [row["name"] for row in first["cases"]]
+    names = [(row["name"], row["goal"]) for row in first["cases"]]
     for run in runs[1:]:
-        if run["machine"] != first["machine"]:
-            raise CombineError(f"runs from different machines: {machine_text(first['machine'])} and "
-                               f"{machine_text(run['machine'])}")
-        if [row["name"] for row in run["cases"]] != names:
-            raise CombineError("the runs hold different rows: run them with the same --cases")
+        differing = sorted(key for key in first["machine"].keys() | run["machine"].keys()
+                           if first["machine"].get(key) != run["machine"].get(key))
+        if differing:
+            raise CombineError("runs from different machines: " + "; ".join(
+                f"{key} {first['machine'].get(key)!r} and {run['machine'].get(key)!r}" for key in differing))
+        if [(row["name"], row["goal"]) for row in run["cases"]] != names:
+            raise CombineError("the runs hold different rows or goals: run them with the same --cases and code")
     rows = []
-    for index, name in enumerate(names):
+    for index, (name, _goal) in enumerate(names):
         per_run = [run["cases"][index] for run in runs]
         row = per_run[0]
         if any(entry["skipped"] for entry in per_run):
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.folders) < 2:
         parser.error("give two runs or more")
+    if len({folder.resolve() for folder in args.folders}) < len(args.folders):
+        parser.error("a run is given twice")
     try:
         runs = [load_run(folder) for folder in args.folders]
         rows = combined_rows(runs)

@@ -165,6 +165,25 @@ def restore_handlers(previous: dict) -> None:
 
 
 @contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM that arrive while the block runs take effect once it has run, as if they
+    had come just after it: for a file that must be written whole, or not at all, once the stop
+    handlers are gone (a sweep's summary). In the main thread only, where handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
+                for signum in handled_signals()}
+    try:
+        yield
+    finally:
+        restore_handlers(previous)
+        if held:
+            signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
 def stop_on_signals(stop: StopRequest):
     """While the block runs, SIGINT and SIGTERM set ``stop`` instead of raising.
 

@@ -26,7 +26,13 @@ from framework.errors import TrainingError
 from framework.outputs import RESULT_FILE, atomic_write
 from framework.quick_answers import HELP_FLAGS
 from framework.overrides import last_override_index
-from framework.signals import RAISED_BEFORE_A_FIT, interrupt_once_on_stop_signals, on_stop_signals, restore_handlers
+from framework.signals import (
+    RAISED_BEFORE_A_FIT,
+    interrupt_once_on_stop_signals,
+    on_stop_signals,
+    restore_handlers,
+    signals_held,
+)
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -186,9 +192,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     """Write summary.csv and summary.md into the sweep folder; return the Markdown.
 
-    Each file is written whole or not at all (:func:`framework.outputs.atomic_write`): the
-    sweep's stop handlers are gone by now, and a Ctrl-C in the middle of a plain write left an
-    empty summary.md behind (tests/cli/test_interrupts.py caught one)."""
+    Each file is written whole or not at all (:func:`framework.outputs.atomic_write`): a Ctrl-C
+    in the middle of a plain write left an empty summary.md behind (tests/cli/test_interrupts.py
+    caught one). :meth:`SweepSummary.summarise` also holds such a signal until both are written."""
     columns = with_optional_columns(SUMMARY_COLUMNS, rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -271,7 +277,8 @@ class SweepSummary(Callback):
         rows = collect_jobs(sweep_dir, interrupted=cls.interrupted is not None, unwatched=unwatched)
         if not rows and cls.interrupted is None:
             return
-        text = write_summary(sweep_dir, rows)
+        with signals_held():  # the sweep's own handlers are gone: a Ctrl-C waits for the files
+            text = write_summary(sweep_dir, rows)
         print_quietly(f"\nSweep summary ({len(rows)} jobs, best first; saved in {sweep_dir}/summary.csv and summary.md)")
         print_quietly(text, end="")
         failed = [row for row in rows if row["status"] not in ("completed", "interrupted", "running")]

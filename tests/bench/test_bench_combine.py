@@ -76,10 +76,19 @@ def test_runs_that_do_not_belong_in_one_table_are_refused(tmp_path):
     elsewhere = write_run(tmp_path / "elsewhere", rows(100e-6, 0.1, 0.05), machine={**MACHINE, "cores": 16})
     fewer = write_run(tmp_path / "fewer", rows(100e-6, 0.1, 0.05)[:2])
     tiny = write_run(tmp_path / "tiny", rows(100e-6, 0.1, 0.05), tiny=True)
-    for other, message in ((elsewhere, "different machines"), (fewer, "different rows"), (tiny, "--tiny"),
-                           (tmp_path / "missing", "not a bench/run.py result")):
+    other_goal = rows(100e-6, 0.1, 0.05)
+    other_goal[0].goal = Goal("ratio", 1.10)
+    regoaled = write_run(tmp_path / "regoaled", other_goal)
+    no_record = tmp_path / "no_record"
+    no_record.mkdir()
+    (no_record / "results.json").write_text("[]")
+    for other, message in ((elsewhere, "cores 2 and 16"), (fewer, "different rows"), (regoaled, "goals"),
+                           (tiny, "--tiny"), (tmp_path / "missing", "not a bench/run.py result"),
+                           (no_record, "no machine and cases")):
         completed = combine(one, other, cwd=tmp_path)
         assert completed.returncode == 2 and message in completed.stderr, (other, completed.stderr)
         assert not (one / "combined.md").exists()
     completed = combine(one, cwd=tmp_path)
     assert completed.returncode == 2 and "two runs or more" in completed.stderr
+    completed = combine(one, tmp_path / "one", cwd=tmp_path)
+    assert completed.returncode == 2 and "given twice" in completed.stderr

@@ -118,6 +118,10 @@ def test_each_batched_job_is_bitwise_its_own_run_for_every_batched_optimizer(
                                          "optimizer.lr=1e-5 trainer.seed=2"]),
     ("+task=legendre trainer.max_steps=60", ["optimizer.lr=1e-6", "optimizer.lr=5e-6"]),
     ("+task=linear", ["optimizer.lr=0.01", "optimizer.lr=0.05"]),  # the vmap path
+    # Adagrad on a flattened model of four parameters, and under vmap
+    ("+task=sine optimizer=adagrad trainer.max_steps=60",
+     ["optimizer.lr=0.01", "optimizer.lr=0.05 optimizer.lr_decay=0.01 optimizer.initial_accumulator_value=0.1"]),
+    ("+task=linear optimizer=adagrad", ["optimizer.lr=0.1", "optimizer.lr=0.3 optimizer.weight_decay=0.01"]),
     ("+task=polyfit loss=l1 optimizer=adam trainer.max_steps=100", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
     ("+task=polyfit loss=huber optimizer=adam trainer.max_steps=100", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
     # minibatches, in order and shuffled (the jobs share the seed, so the order)

@@ -124,6 +124,38 @@ def test_a_ctrl_c_while_the_summary_is_written_leaves_the_one_before_whole(tmp_p
     assert sorted(path.name for path in tmp_path.iterdir() if path.is_file()) == ["summary.csv", "summary.md"]
 
 
+def test_a_ctrl_c_as_the_summary_is_written_takes_effect_once_it_is_whole(tmp_path, monkeypatch):
+    """At the end of a sweep its stop handlers are gone; a Ctrl-C then waits until summary.csv and
+    summary.md are written, and interrupts right after, as if it had come then."""
+    import os
+    import signal
+
+    import framework.sweeps
+    from framework.sweeps import SweepSummary
+
+    make_job(tmp_path, "lr=0.1", result("completed", 2.5))
+    written = framework.sweeps.atomic_write
+
+    def ctrl_c_then_write(path, write):
+        os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C lands as the file is written
+        written(path, write)
+
+    monkeypatch.setattr(framework.sweeps, "atomic_write", ctrl_c_then_write)
+    monkeypatch.setattr(SweepSummary, "sweep_dir", tmp_path)
+    monkeypatch.setattr(SweepSummary, "previous_handlers", {})
+    monkeypatch.setattr(SweepSummary, "summarised", False)
+    monkeypatch.setattr(SweepSummary, "interrupted", None)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            SweepSummary.summarise()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "| lr=0.1 |" in (tmp_path / "summary.md").read_text()
+    assert "lr=0.1" in (tmp_path / "summary.csv").read_text()
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 def fit_result(loss, gap):
     return {**result("completed", loss), "optimal_loss": None if gap is None else loss - gap, "optimality_gap": gap}
 

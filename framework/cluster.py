@@ -168,10 +168,10 @@ def requeue_job(run_dir: Path) -> None:
 
     job = submitit.JobEnvironment()
     if job.global_rank == 0:
-        from framework.outputs import atomic_write
+        from framework.outputs import atomic_write_text
 
         mark = job.paths.folder / REQUEUED_MARK.format(job_id=job.job_id)
-        atomic_write(mark, lambda handle: handle.write(str(run_dir).encode()))
+        atomic_write_text(mark, str(run_dir))
         log.info("requeueing the job: it resumes from its checkpoint in %s", run_dir)
     try:
         _warning.requeue(_warning.signum, None)

@@ -104,10 +104,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write` of ``text``, in UTF-8."""
+    data = text.encode()
+    atomic_write(path, lambda handle: handle.write(data))
+
+
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     """Write result.json atomically, so a reader never sees half a file."""
     path = Path(run_dir) / RESULT_FILE
     make_folder(path.parent)  # a run refused before any logger made it
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return path

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from framework.state import StopRequest
 
@@ -154,9 +154,16 @@ def on_stop_signals(record: Callable[[int], None]) -> dict:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signum)
 
+    return set_stop_handlers(handle)
+
+
+def set_stop_handlers(handler: Callable[[int, Any], None]) -> dict:
+    """``handler`` for SIGINT and SIGTERM (those not ignored); the previous handlers, for
+    :func:`restore_handlers`. In the main thread only, where handlers can be set: elsewhere
+    nothing changes and the answer is empty."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signum: signal.signal(signum, handle) for signum in handled_signals()}
+    return {signum: signal.signal(signum, handler) for signum in handled_signals()}
 
 
 def restore_handlers(previous: dict) -> None:
@@ -169,12 +176,8 @@ def signals_held():
     """SIGINT and SIGTERM that arrive while the block runs take effect once it has run, as if they
     had come just after it: for a file that must be written whole, or not at all, once the stop
     handlers are gone (a sweep's summary). In the main thread only, where handlers can be set."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
-                for signum in handled_signals()}
+    previous = set_stop_handlers(lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
@@ -203,7 +206,7 @@ def stop_on_signals(stop: StopRequest):
         else:
             print(f"\n{name}: already stopping; the run is saving its results", file=sys.stderr, flush=True)
 
-    previous = {signum: signal.signal(signum, request_stop) for signum in handled_signals()}
+    previous = set_stop_handlers(request_stop)
     for signum in RAISED_BEFORE_A_FIT:  # interrupted during set-up, and the interrupt was lost
         request_stop(signum, None)
     RAISED_BEFORE_A_FIT.clear()

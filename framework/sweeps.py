@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from framework.cluster import LOCAL_LAUNCHER, SLURM_LAUNCHER, jobs_folder, keep_local_controllers_from_ctrl_c
 from framework.console import print_quietly
 from framework.errors import TrainingError
-from framework.outputs import RESULT_FILE, atomic_write
+from framework.outputs import RESULT_FILE, atomic_write_text
 from framework.quick_answers import HELP_FLAGS
 from framework.overrides import last_override_index
 from framework.signals import (
@@ -104,7 +104,7 @@ def mark_interrupted(sweep_dir: Path, signum: int) -> None:
     mark = Path(sweep_dir) / INTERRUPTED_MARK
     if not mark.exists():
         mark.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(mark, lambda handle: handle.write(str(signum).encode()))
+        atomic_write_text(mark, str(signum))
 
 
 def interrupted_by(sweep_dir: Path) -> int | None:
@@ -192,7 +192,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     """Write summary.csv and summary.md into the sweep folder; return the Markdown.
 
-    Each file is written whole or not at all (:func:`framework.outputs.atomic_write`): a Ctrl-C
+    Each file is written whole or not at all (:func:`framework.outputs.atomic_write_text`): a Ctrl-C
     in the middle of a plain write left an empty summary.md behind (tests/cli/test_interrupts.py
     caught one). :meth:`SweepSummary.summarise` also holds such a signal until both are written."""
     columns = with_optional_columns(SUMMARY_COLUMNS, rows)
@@ -205,7 +205,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     ranking = ranked_by(rows).replace("_", " ")
     document = f"# Sweep {sweep_dir}\n\nJobs sorted by {ranking}, best first.\n\n{text}"
     for name, content in (("summary.csv", buffer.getvalue()), ("summary.md", document)):
-        atomic_write(sweep_dir / name, lambda handle, data=content.encode(): handle.write(data))
+        atomic_write_text(sweep_dir / name, content)
     return text
 
 

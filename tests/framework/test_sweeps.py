@@ -134,13 +134,13 @@ def test_a_ctrl_c_as_the_summary_is_written_takes_effect_once_it_is_whole(tmp_pa
     from framework.sweeps import SweepSummary
 
     make_job(tmp_path, "lr=0.1", result("completed", 2.5))
-    written = framework.sweeps.atomic_write
+    written = framework.sweeps.atomic_write_text
 
-    def ctrl_c_then_write(path, write):
+    def ctrl_c_then_write(path, text):
         os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C lands as the file is written
-        written(path, write)
+        written(path, text)
 
-    monkeypatch.setattr(framework.sweeps, "atomic_write", ctrl_c_then_write)
+    monkeypatch.setattr(framework.sweeps, "atomic_write_text", ctrl_c_then_write)
     monkeypatch.setattr(SweepSummary, "sweep_dir", tmp_path)
     monkeypatch.setattr(SweepSummary, "previous_handlers", {})
     monkeypatch.setattr(SweepSummary, "summarised", False)

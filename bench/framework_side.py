@@ -22,6 +22,7 @@ from framework import hookimpl
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.run import run_training
+from framework_plugins._figure_writer import wait_for_figures
 from framework.schema import store_configs
 
 
@@ -101,6 +102,10 @@ class FrameworkSide:
             with tempfile.TemporaryDirectory(prefix="bench_run_") as folder:
                 result = run_training(cfg, manager=self.manager, registry=self.registry, run_dir=Path(folder),
                                       task=task)
+                # The figure writer draws the fit's figures after it returns: wait for them (outside
+                # the timed window), or it draws during the next timed fit, and recreates this folder
+                # after it is removed (one left behind in /tmp per fit with figures).
+                wait_for_figures(Path(folder))
         if result["status"] != "completed":
             raise RuntimeError(f"the framework's fit of {list(overrides)} ended {result['status']}: {result.get('error')}")
         outcome = Outcome(final_loss=result["final_loss"], params=flat_params(result["params"] or {}))

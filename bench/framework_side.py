@@ -4,7 +4,8 @@ fits run through :func:`framework.run.run_training`, and the fit's loop timed by
 The timed window runs from ``framework_fit_start`` (its last implementation: the loggers have
 opened their writers) to ``framework_fit_end`` (its first implementation: before the loggers
 draw figures and close their files). What is paid once per fit inside that window (the final
-loss on the full data, the last checkpoint, result.json) cancels in the cases' N / 2N difference.
+loss on the full data, the last checkpoint, result.json) cancels in the cases' difference of a
+run of N steps and one of a single step.
 """
 
 from __future__ import annotations

@@ -39,9 +39,10 @@ class Outcome:
 class Side:
     """One way of doing the work. ``run(units)`` returns (seconds, Outcome).
 
-    ``method``: ``difference`` times ``units`` and ``2 * units`` and takes (t(2N) - t(N)) / N, so
-    the costs paid once per run (set-up, the end of a run) cancel; ``direct`` times ``units``
-    once and divides (for a side too slow to run twice, such as the DataLoader epoch).
+    ``method``: ``difference`` times a run of ``units`` and a short run of ``base`` units and
+    takes (t(N) − t(base)) / (N − base), so the costs paid once per run (the first step's
+    allocations, the end of a fit) cancel; ``direct`` times ``units`` once and divides (for a
+    side too slow to run twice, such as the DataLoader epoch, or a whole fit).
     """
 
     label: str  # "framework", "plain", "DataLoader"...
@@ -56,11 +57,19 @@ def quiet_collect() -> None:
     gc.collect()
 
 
-def interleaved(sides: Sequence[Side], units: int, repeats: int, warmups: int = 1) -> dict[str, dict[str, Any]]:
+def interleaved(sides: Sequence[Side], units: int, repeats: int, warmups: int = 1, *,
+                base: int = 1) -> dict[str, dict[str, Any]]:
     """Time every side per unit, ``repeats`` times, in turn: A B in even repeats and B A in odd
     ones, so drift of the machine's load and order effects hit all sides alike. After
     ``warmups`` untimed rounds (first-call costs: lazy imports, allocator, caches). Returns, per
-    side label, its per-unit ``samples`` (seconds), their ``median``, and the last ``outcome``."""
+    side label, its per-unit ``samples`` (seconds), their ``median``, and the last ``outcome``
+    (of the run of ``units``).
+
+    A ``difference`` side's short run has ``base`` units (fewer than ``units``). One step, for
+    the per-step cases: its sample then has the noise of one run of N steps, where the former
+    (t(2N) − t(N)) / N had that of two, for a third of the steps."""
+    if any(side.method == "difference" for side in sides) and not 0 < base < units:
+        raise ValueError(f"a difference needs 0 < base < units, not base {base} and units {units}")
     for _ in range(warmups):
         for side in sides:
             if side.warmup:
@@ -69,17 +78,17 @@ def interleaved(sides: Sequence[Side], units: int, repeats: int, warmups: int = 
     outcomes: dict[str, Outcome] = {}
     for repeat in range(repeats):
         order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
-        once: dict[str, float] = {}
+        full: dict[str, float] = {}
         for side in order:
             quiet_collect()
-            once[side.label], outcomes[side.label] = side.run(units)
+            full[side.label], outcomes[side.label] = side.run(units)
         for side in order:
             if side.method == "direct":
-                samples[side.label].append(once[side.label] / units)
+                samples[side.label].append(full[side.label] / units)
                 continue
             quiet_collect()
-            twice, outcomes[side.label] = side.run(2 * units)
-            samples[side.label].append((twice - once[side.label]) / units)
+            short, _ = side.run(base)
+            samples[side.label].append((full[side.label] - short) / (units - base))
     return {label: {"samples": values, "median": statistics.median(values), "outcome": outcomes[label]}
             for label, values in samples.items()}
 
@@ -154,7 +163,7 @@ class Row:
 
     @property
     def measurable(self) -> bool:
-        """False when a median is not above zero: an N / 2N difference lost in the noise (tiny
+        """False when a median is not above zero: a difference of two runs lost in the noise (tiny
         sizes), which is no figure to hold against a goal."""
         return self.framework_median is not None and self.framework_median > 0 and bool(self.plain_median) \
             and self.plain_median > 0

@@ -97,9 +97,10 @@ class Polynomial(torch.nn.Module):
             design, coefficients = design.to(dtype), [c.to(dtype) for c in coefficients]
         if coefficients[0].dim() == 0:
             # The optimizer's flat tensor when it holds exactly these coefficients: one gradient
-            # for autograd to add instead of one per coefficient, the tutorial's one weight.
+            # for autograd to add instead of one per coefficient, the tutorial's one (terms, 1)
+            # weight, a column already (no view for autograd to go back through).
             flat = lent_leaf(coefficients)
-            column = (flat if flat is not None else torch.stack(coefficients)).view(-1, 1)
+            column = flat if flat is not None else torch.stack(coefficients).view(-1, 1)
             predictions = torch.mm(design, column)
         else:
             predictions = self.matmul_over_jobs(design, coefficients)

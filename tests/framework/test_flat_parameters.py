@@ -115,9 +115,48 @@ def test_parameters_stay_the_models_with_their_names_and_state_dict():
     with torch.no_grad():
         flat.add_(1.0)  # an update of the flat tensor is an update of every parameter
     state = model.state_dict()
-    assert torch.equal(torch.cat([state[name].reshape(-1) for name in ("scale", "weight", "bias")]), flat.detach())
+    assert torch.equal(torch.cat([state[name].reshape(-1) for name in ("scale", "weight", "bias")]),
+                       flat.detach().reshape(-1))
     model.load_state_dict({name: torch.zeros_like(value) for name, value in state.items()})
     assert torch.count_nonzero(flat) == 0  # loading (a resume) writes into the flat tensor
+
+
+@pytest.mark.parametrize("name", ["nadam", "adagrad", "rmsprop centered", "sgd momentum nesterov wd"])
+def test_the_optimizer_state_is_saved_flat_and_a_loaded_one_goes_on_bit_for_bit(name):
+    # The flat tensor is a column (n, 1); its optimizer state is saved as (n,), as checkpoints held
+    # it before, and as the vectorized launcher gives each job; loading (n,) state goes on alike.
+    def run(steps, saved=None):
+        torch.manual_seed(0)
+        model = Small()
+        x, y = data()
+        optimizer = flatten(OPTIMIZERS[name], list(model.parameters()))
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+        return model, optimizer
+
+    model, optimizer = run(5)
+    (flat,) = optimizer.param_groups[0]["params"]
+    assert flat.shape == (10, 1)
+    saved = optimizer.state_dict()
+    per_element = [key for key, value in saved["state"][0].items() if value.dim() > 0]
+    assert per_element and all(saved["state"][0][key].shape == (10,) for key in per_element)
+    assert all(optimizer.state[flat][key].shape == (10, 1) for key in per_element)  # the live state is untouched
+    checkpoint = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+                  "optimizer": {"state": {0: {k: v.clone() for k, v in saved["state"][0].items()}},
+                                "param_groups": saved["param_groups"]}}
+    for _ in range(5):  # the same run, going on
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(data()[0]), data()[1]).backward()
+        optimizer.step()
+    resumed, resumed_optimizer = run(5, saved=checkpoint)
+    assert all(value.shape == (10,) for value in checkpoint["optimizer"]["state"][0].values() if value.dim() > 0)
+    for (key, value), resumed_value in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), key
 
 
 def test_only_what_is_exact_is_flattened():

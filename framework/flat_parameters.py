@@ -122,10 +122,10 @@ _lender: FlatParameters | None = None
 
 
 def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The flat tensor whose elements are ``parameters`` (all of them, in this order), for a
-    forward pass that computes with it in their place; None unless that is exactly the same
-    thing. A gradient autograd adds into the flat one is then each parameter's, as if added
-    one by one, and each parameter's value is the flat tensor's.
+    """The flat tensor whose elements are ``parameters`` (all of them, in this order), a column
+    of shape (n, 1), for a forward pass that computes with it in their place; None unless that
+    is exactly the same thing. A gradient autograd adds into the flat one is then each
+    parameter's, as if added one by one, and each parameter's value is the flat tensor's.
 
     Only inside :func:`lending_forward`, for the parameters of its optimizer. Checked at every call
     (≈ 2 µs for three parameters), since each can stop being true: a

@@ -9,6 +9,7 @@ is paid once per run cancels twice over.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import time
 from dataclasses import dataclass
@@ -185,18 +186,29 @@ def w4_shuffled_epoch(framework: FrameworkSide, settings: Settings) -> list[Row]
     return result
 
 
-# The reference tasks' whole fits (what bench/loop_overhead.py measured): variant -> (overrides,
-# whether it trains into a run folder).
+# The reference tasks' whole fits: variant -> (overrides, whether it trains into a run folder).
 TASK_VARIANTS = {
     "no loggers": (["logger=[]"], False),
     "+checkpoints every 100": (["logger=[]", "trainer.checkpoint_every=100"], True),
     "+default loggers": ([], True),
+}
+TASK_NOTES = {
+    "per step": "per step = (t(N) − t(1)) / (N − 1), each t a whole fit (framework: building the run, the loop, "
+                "the final loss and result; plain: the loop function with its set-up), so what a fit pays once "
+                "cancels; N the task's own steps",
+    "whole fit": "whole fit: build, loop, final loss, outputs (not the config's composition); the plain loop as "
+                 "the task's tutorial writes it",
 }
 
 
 def whole_framework_fit(framework: FrameworkSide, overrides: list[str], task: str,
                         run_folder: bool) -> Callable[[int], tuple]:
     return lambda _units: framework.whole_fit(overrides, task=task, run_folder=run_folder)
+
+
+def framework_fit_of(framework: FrameworkSide, overrides: list[str], task: str) -> Callable[[int], tuple]:
+    """A whole fit of ``steps`` steps (no run folder)."""
+    return lambda steps: framework.whole_fit([*overrides, f"trainer.max_steps={steps}"], task=task, run_folder=False)
 
 
 def whole_plain_fit(loop: Callable[[], dict]) -> Callable[[int], tuple]:
@@ -208,27 +220,48 @@ def whole_plain_fit(loop: Callable[[], dict]) -> Callable[[int], tuple]:
     return run
 
 
+def plain_fit_of(loop: Callable[..., dict]) -> Callable[[int], tuple]:
+    """The plain loop run for ``steps`` steps, timed whole."""
+    return lambda steps: whole_plain_fit(partial(loop, steps=steps))(steps)
+
+
+def tutorial_steps(loop: Callable[..., dict]) -> int:
+    """How many steps the task's plain loop takes by default: the tutorial's, and the task's."""
+    return inspect.signature(loop).parameters["steps"].default
+
+
 def reference_tasks(framework: FrameworkSide, settings: Settings) -> list[Row]:
+    """Per task: the loop's cost per step against the plain loop's (the issue's goal, ≤ 1.03
+    with no loggers), and whole fits with each variant of outputs (no goal: the whole
+    process's is the start-up case's)."""
     from tests.framework.test_reference_tasks import PLAIN_LOOPS
 
     rows = []
     tasks = ["polyfit", "linear"] if settings.tiny else sorted(PLAIN_LOOPS)
     for task in tasks:
+        loop, base = PLAIN_LOOPS[task], [f"+task={task}", "trainer.device=cpu"]
+        framework_side = Side("framework", f"python -m framework {' '.join(base)} logger=[] trainer.max_steps=N",
+                              framework_fit_of(framework, [*base, "logger=[]"], task))
+        plain_side = Side("plain", f"the plain loop of tests/framework/test_reference_tasks.py ({task}), N steps",
+                          plain_fit_of(loop))
+        timed = interleaved([framework_side, plain_side], settings.size(tutorial_steps(loop), 5),
+                            settings.times(7), settings.warmups)
+        check = trained_check(timed["framework"]["outcome"], timed["plain"]["outcome"], rtol=0, atol=0)
+        rows.append(row_from("tasks", f"task {task}, per step, no loggers", timed, framework_side, plain_side,
+                             unit="step", goal=Goal("ratio", 1.03), check=check, notes=TASK_NOTES["per step"]))
+
         plain_side = Side("plain", f"the plain loop of tests/framework/test_reference_tasks.py ({task})",
-                          whole_plain_fit(PLAIN_LOOPS[task]), method="direct")
+                          whole_plain_fit(loop), method="direct")
         sides = [plain_side]
         for variant, (extra, run_folder) in TASK_VARIANTS.items():
-            overrides = [f"+task={task}", "trainer.device=cpu", *extra]
+            overrides = [*base, *extra]
             sides.append(Side(variant, f"python -m framework {' '.join(overrides)}",
                               whole_framework_fit(framework, overrides, task, run_folder), method="direct"))
         timed = interleaved(sides, 1, settings.times(3), settings.warmups)
         for side in sides[1:]:
             check = trained_check(timed[side.label]["outcome"], timed["plain"]["outcome"], rtol=0, atol=0)
             rows.append(row_from("tasks", f"task {task}, whole fit, {side.label}", timed, side, plain_side,
-                                 unit="fit", goal=Goal("ratio", 1.03) if side.label == "no loggers" else None,
-                                 check=check,
-                                 notes="whole fit: build, loop, final loss, outputs (not the config's "
-                                       "composition); the plain loop as the task's tutorial writes it"))
+                                 unit="fit", goal=None, check=check, notes=TASK_NOTES["whole fit"]))
     return rows
 
 

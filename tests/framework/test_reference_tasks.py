@@ -15,7 +15,7 @@ import torch
 SEED = 0  # trainer.seed's default
 
 
-def plain_polyfit():
+def plain_polyfit(steps: int = 1000):
     # The tutorial's form: features [x², x, 1] and one (3, 1) weight, whose rows are A, B, C.
     torch.manual_seed(SEED)
     x = torch.randn(20) * 5
@@ -24,7 +24,7 @@ def plain_polyfit():
     weight = torch.randn(3, 1, requires_grad=True)
     optimizer = torch.optim.NAdam([weight], lr=0.01)
     loss_fn = torch.nn.MSELoss()
-    for _ in range(1000):
+    for _ in range(steps):
         loss = loss_fn(features @ weight, y)
         optimizer.zero_grad()
         loss.backward()
@@ -49,14 +49,14 @@ def plain_polyfit_terms():
     return {"A": A, "B": B, "C": C}
 
 
-def plain_linear():
+def plain_linear(steps: int = 200):
     x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     y = torch.tensor([[3.0], [5.0], [7.0], [9.0]])
     model = torch.nn.Linear(1, 1)
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
-    for _ in range(200):
+    for _ in range(steps):
         loss = torch.nn.functional.mse_loss(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -64,7 +64,7 @@ def plain_linear():
     return {"weight": model.weight, "bias": model.bias}
 
 
-def plain_linear2d():
+def plain_linear2d(steps: int = 100):
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     y = torch.tensor([[2.0], [4.0], [6.0]])
     model = torch.nn.Linear(2, 1)
@@ -73,7 +73,7 @@ def plain_linear2d():
         model.weight.copy_(torch.randn(1, 2))
         model.bias.copy_(torch.randn(1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    for _ in range(100):
+    for _ in range(steps):
         loss = torch.nn.MSELoss()(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -81,14 +81,14 @@ def plain_linear2d():
     return {"weight": model.weight, "bias": model.bias}
 
 
-def plain_puzzle():
+def plain_puzzle(steps: int = 2000):
     # A+B=9, C-D=1, A+C=8, B-D=2
     M = torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, -1], [1, 0, 1, 0], [0, 1, 0, -1]])
     rhs = torch.tensor([9.0, 1, 8, 2])
     torch.manual_seed(SEED)
     params = torch.rand(4, requires_grad=True)
     optimizer = torch.optim.NAdam([params], lr=0.01)
-    for _ in range(2000):
+    for _ in range(steps):
         loss = ((M @ params - rhs) ** 2).sum()
         optimizer.zero_grad()
         loss.backward()
@@ -96,13 +96,13 @@ def plain_puzzle():
     return {"weight": params.view(1, 4)}
 
 
-def plain_sine():
+def plain_sine(steps: int = 2000):
     torch.manual_seed(SEED)
     x = torch.linspace(-math.pi, math.pi, 2000)
     y = torch.sin(x)
     a, b, c, d = (torch.randn((), requires_grad=True) for _ in range(4))
     optimizer = torch.optim.SGD([a, b, c, d], lr=1e-6)
-    for _ in range(2000):
+    for _ in range(steps):
         y_pred = a + b * x + c * x**2 + d * x**3
         loss = (y_pred - y).pow(2).sum()
         optimizer.zero_grad()
@@ -134,11 +134,11 @@ def legendre_start():
     return x, y, (a, b, c, d)
 
 
-def plain_legendre(manual_update: bool = False):
+def plain_legendre(manual_update: bool = False, *, steps: int = 2000):
     x, y, (a, b, c, d) = legendre_start()
     lr = 5e-6
     optimizer = torch.optim.SGD([a, b, c, d], lr=lr)
-    for _ in range(2000):
+    for _ in range(steps):
         y_pred = a + b * TutorialP3.apply(c + d * x)
         loss = (y_pred - y).pow(2).sum()
         optimizer.zero_grad()

@@ -25,8 +25,7 @@ def next_batch(run: BuiltRun, progress: Progress) -> tuple[torch.Tensor, torch.T
         return data.features, data.targets
     if progress.batch_index == 0 and run.shuffle:
         progress.order = torch.randperm(
-            len(data), generator=progress.shuffle_generator, device=data.features.device,
-            dtype=order_dtype(len(data), data.features.device),
+            len(data), generator=progress.shuffle_generator, device=data.features.device
         )
         progress.shuffled_rows = None
     start = progress.batch_index * run.batch_size
@@ -44,14 +43,6 @@ def next_batch(run: BuiltRun, progress: Progress) -> tuple[torch.Tensor, torch.T
         progress.shuffled_rows = (data.features[progress.order], data.targets[progress.order])
     features, targets = progress.shuffled_rows
     return features[start:stop], targets[start:stop]
-
-
-def order_dtype(rows: int, device: torch.device) -> torch.dtype:
-    """int32 for a shuffle on the CPU where the rows fit: torch's CPU randperm draws the same
-    numbers whatever the dtype (a Fisher-Yates shuffle), so the order is the int64 one, and
-    swapping half the bytes makes it twice as fast (≈ 7 against 15 ms for W4's million rows, a
-    tenth of the epoch). A GPU's randperm is left as it is (its draws may depend on the dtype)."""
-    return torch.int32 if device.type == "cpu" and rows <= torch.iinfo(torch.int32).max else torch.int64
 
 
 def nbytes(tensor: torch.Tensor) -> int:

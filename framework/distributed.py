@@ -425,7 +425,7 @@ class DataParallel:
         self.reduction = rows_reduction(run.loss_fn, run.data.targets)
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         # DDP all-reduces what autograd adds into each parameter's own gradient: a forward pass
-        # through the optimizer's flat tensor would leave them unreduced (flat_parameters.lent_leaf).
+        # through the optimizer's flat tensor would leave them unreduced (flat_parameters.lent_column).
         stop_lending(run.optimizer)
         # Constructing it broadcasts rank 0's parameters, and waits for every rank: no rank
         # starts training before every rank has built (and resumed) its run.

@@ -24,7 +24,7 @@ Only models that say every parameter gets a gradient from every forward pass are
 (:data:`DENSE_GRADIENTS`): torch's optimizers skip a parameter whose gradient is None, while the
 flat tensor's would hold zeros, which moves it under momentum or weight decay.
 
-A model may also compute with the flat tensor itself (:func:`lent_leaf`): a polynomial in the
+A model may also compute with the flat tensor itself (:func:`lent_column`): a polynomial in the
 tutorial's form is one matrix product with the column of its coefficients, and autograd then adds
 one gradient into the flat one instead of a gradient per coefficient. It gets the flat tensor only
 while that is exactly the same thing: its parameters are still the flat tensor's views, their
@@ -78,7 +78,7 @@ class FlatParameters:
         self.parameters = list(parameters)
         with torch.no_grad():
             # A column, (n, 1): the shape of the tutorial's weight, so that a model computing with
-            # it (lent_leaf) needs no view, whose node autograd would run every backward pass
+            # it (lent_column) needs no view, whose node autograd would run every backward pass
             # (≈ 8 µs of polyfit's 190 µs step, with the view itself). Checkpoints keep (n,):
             # see column_state_hooks.
             flat = torch.cat([p.detach().reshape(-1) for p in self.parameters]).view(-1, 1)
@@ -122,9 +122,17 @@ _lender: FlatParameters | None = None
 
 
 def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The flat tensor whose elements are ``parameters`` (all of them, in this order), a column
-    of shape (n, 1), for a forward pass that computes with it in their place; None unless that
-    is exactly the same thing. A gradient autograd adds into the flat one is then each
+    """The flat tensor of ``parameters`` as a vector of shape (n,), where :func:`lent_column`
+    lends it, else None: a view of the column, so one more node in the graph than the column
+    itself (the shape this function has always given plugins)."""
+    column = lent_column(parameters)
+    return None if column is None else column.view(-1)
+
+
+def lent_column(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The flat tensor whose elements are ``parameters`` (all of them, in this order), itself: a
+    column of shape (n, 1), for a forward pass that computes with it in their place; None unless
+    that is exactly the same thing. A gradient autograd adds into the flat one is then each
     parameter's, as if added one by one, and each parameter's value is the flat tensor's.
 
     Only inside :func:`lending_forward`, for the parameters of its optimizer. Checked at every call
@@ -149,7 +157,7 @@ def lent_leaf(parameters: Sequence[torch.Tensor]) -> torch.Tensor | None:
 
 def lending_forward(model, optimizer: torch.optim.Optimizer):
     """``model``, or where ``optimizer`` updates a flat tensor (:func:`flatten`), a function that
-    calls it with that tensor lent (:func:`lent_leaf`): for a training step, whose loss then goes to
+    calls it with that tensor lent (:func:`lent_column`): for a training step, whose loss then goes to
     ``backward()``. Any other forward pass computes with the parameters themselves."""
     owner = getattr(optimizer, "flat_parameters", None)
     if owner is None:

@@ -6,7 +6,7 @@ from typing import List, Optional
 import torch
 
 from framework import Component, ConfigError, hookimpl, setting
-from framework.flat_parameters import lent_leaf
+from framework.flat_parameters import lent_column
 from framework.vector_products import backward_with
 from framework_plugins._initial_values import initial_values
 
@@ -99,7 +99,7 @@ class Polynomial(torch.nn.Module):
             # The optimizer's flat tensor when it holds exactly these coefficients: one gradient
             # for autograd to add instead of one per coefficient, the tutorial's one (terms, 1)
             # weight, a column already (no view for autograd to go back through).
-            flat = lent_leaf(coefficients)
+            flat = lent_column(coefficients)
             column = flat if flat is not None else torch.stack(coefficients).view(-1, 1)
             predictions = torch.mm(design, column)
         else:

@@ -205,7 +205,7 @@ def test_plain_sgd_follows_a_changing_rate_and_keeps_the_optimizers_hooks():
     assert len(calls) == 10
 
 
-# A forward through the flat tensor itself (lent_leaf): polyfit's matmul polynomial.
+# A forward through the flat tensor itself (lent_column): polyfit's matmul polynomial.
 
 
 def polynomial_run(clear=None, steps: int = 40, hook=None):
@@ -249,16 +249,16 @@ def coefficients(model) -> torch.Tensor:
                                    replaced_by_assignment])
 def test_a_forward_through_the_lent_flat_tensor_is_the_tutorials_step_whatever_clears_the_gradients(clear):
     # model.zero_grad() leaves the flat gradient as it was: the forward must then not add into
-    # it (lent_leaf says no), or gather() would throw the step's gradient away.
+    # it (lent_column says no), or gather() would throw the step's gradient away.
     model, _ = polynomial_run(clear)
     assert torch.equal(coefficients(model), tutorial_polynomial())
 
 
-def lent_in_a_step(parameters, optimizer):
-    """What lent_leaf gives a training step's forward pass."""
-    from framework.flat_parameters import lent_leaf
+def lent_in_a_step(parameters, optimizer, lend=None):
+    """What lent_column (or ``lend``) gives a training step's forward pass."""
+    from framework.flat_parameters import lent_column
 
-    return lending_forward(lambda _features: lent_leaf(parameters), optimizer)(None)
+    return lending_forward(lambda _features: (lend or lent_column)(parameters), optimizer)(None)
 
 
 def test_nothing_is_lent_that_is_not_exactly_the_flat_tensor():
@@ -295,15 +295,62 @@ def test_nothing_is_lent_that_is_not_exactly_the_flat_tensor():
     assert owner() is None
 
 
+class VectorPolynomial(torch.nn.Module):
+    """A plugin's model written for lent_leaf's vector: design @ coefficients, (rows,)."""
+
+    dense_gradients = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.A, self.B, self.C = (torch.nn.Parameter(torch.randn(())) for _ in range(3))
+
+    def forward(self, x):
+        from framework.flat_parameters import lent_leaf
+
+        coefficients = [self.A, self.B, self.C]
+        vector = lent_leaf(coefficients)
+        return torch.stack([x**2, x, torch.ones_like(x)], dim=1) @ (
+            vector if vector is not None else torch.stack(coefficients))
+
+
+def test_lent_leaf_still_gives_a_plugin_the_vector_it_gave_and_the_tutorials_step():
+    from framework.flat_parameters import lent_leaf
+
+    torch.manual_seed(0)
+    x = torch.randn(20) * 5
+    y = x**2 + 2 * x + 3
+    model = VectorPolynomial()
+    optimizer = flatten(lambda params: torch.optim.NAdam(params, lr=0.01), list(model.parameters()))
+    parameters = [model.A, model.B, model.C]
+    vector = lent_in_a_step(parameters, optimizer, lend=lent_leaf)
+    assert vector.shape == (3,) and vector._base is optimizer.flat_parameters.flat
+    forward = lending_forward(model, optimizer)
+    for _ in range(40):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(forward(x), y).backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    torch.randn(20)
+    weight = torch.randn(3, requires_grad=True)  # A, B, C drawn in the same order, as one vector
+    plain = torch.optim.NAdam([weight], lr=0.01)
+    features = torch.stack([x**2, x, torch.ones_like(x)], dim=1)
+    for _ in range(40):
+        plain.zero_grad()
+        torch.nn.functional.mse_loss(features @ weight, y).backward()
+        plain.step()
+    assert torch.equal(coefficients(model), weight.detach())
+
+
 def test_only_a_training_steps_forward_pass_computes_with_the_flat_tensor():
     # Anything else differentiates with respect to the coefficients themselves (the doctor's
     # torch.autograd.grad) and must find them in the graph.
-    from framework.flat_parameters import lent_leaf
+    from framework.flat_parameters import lent_column
 
     model, optimizer = polynomial_run(steps=3)
     parameters = [model.A, model.B, model.C]
     assert lent_in_a_step(parameters, optimizer) is optimizer.flat_parameters.flat
-    assert lent_leaf(parameters) is None
+    assert lent_column(parameters) is None
     x = torch.linspace(-4, 4, 9).unsqueeze(1)
     gradients = torch.autograd.grad(model(x).pow(2).sum(), parameters)
     predictions = torch.cat([x**2, x, torch.ones_like(x)], dim=1) @ coefficients(model).unsqueeze(1)

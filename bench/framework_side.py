@@ -23,8 +23,8 @@ from framework import hookimpl
 from framework.locations import config_dir
 from framework.plugin_manager import build_registry, create_plugin_manager
 from framework.run import run_training
-from framework_plugins._figure_writer import wait_for_figures
 from framework.schema import store_configs
+from framework_plugins._figure_writer import wait_for_figures
 
 
 def synchronize(device) -> None:

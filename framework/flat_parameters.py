@@ -45,11 +45,6 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 # A model class attribute: True when every parameter takes part in every forward pass.
 DENSE_GRADIENTS = "dense_gradients"
-# A model attribute: True when a training step's forward pass computes with lent_column of all
-# its parameters, so that even a single parameter is worth a flat tensor (one node less in the
-# graph: a linear model of one output without bias multiplies by its weight's column, where
-# F.linear multiplies by the weight's transpose).
-COMPUTES_WITH_COLUMN = "computes_with_column"
 
 # Updates that treat every element on its own, with the same arithmetic whatever the shape
 # (their single-tensor code, torch's default on the CPU). Exact types: a subclass may not be.
@@ -69,12 +64,7 @@ def can_flatten(model: torch.nn.Module, parameters: list[torch.nn.Parameter], op
     """Whether :func:`flatten` gives exactly the updates ``optimizer`` gives ``parameters``."""
     if type(optimizer) not in ELEMENTWISE_OPTIMIZERS or len(optimizer.param_groups) != 1:
         return False
-    if not getattr(model, DENSE_GRADIENTS, False):
-        return False
-    # One parameter gains nothing in the optimizer's loop, unless the model computes with the
-    # column; and one element would make its state indistinguishable from a 0-dim "step".
-    if len(parameters) < 2 and not (getattr(model, COMPUTES_WITH_COLUMN, False) and parameters
-                                    and parameters[0].numel() > 1):
+    if len(parameters) < 2 or not getattr(model, DENSE_GRADIENTS, False):
         return False
     first = parameters[0]
     return all(p.device == first.device and p.dtype == first.dtype and p.layout == torch.strided
@@ -219,29 +209,27 @@ def flatten(optimizer_factory, parameters: list[torch.nn.Parameter]) -> torch.op
         return update(closure_then_gather)
 
     optimizer.step = types.MethodType(step, optimizer)
-    column_state_hooks(optimizer, flat)
+    column_state_hooks(optimizer, flat.flat)
     return optimizer
 
 
-def column_state_hooks(optimizer: torch.optim.Optimizer, flat: FlatParameters) -> None:
-    """The optimizer's state of the flat column, (n, 1), saved as it was before there was a
-    column: (n,) for several parameters, the parameter's own shape for one (which was not
-    flattened then); loaded from either. A checkpoint holds what it held, and what the vectorized
-    launcher's batched optimizers give a job (plugins/_batched_optimizers.py). Every state
-    tensor with the n elements is per element (n ≥ 2: can_flatten), the 0-dim ``step`` is not."""
-    column, elements = flat.flat.shape, flat.flat.numel()
-    saved = flat.parameters[0].shape if len(flat.parameters) == 1 else torch.Size((elements,))
+def column_state_hooks(optimizer: torch.optim.Optimizer, flat: torch.Tensor) -> None:
+    """The optimizer's state of the flat column, (n, 1), saved as (n,) and loaded from (n,): a
+    checkpoint holds what it held before the column, and what the vectorized launcher's batched
+    optimizers give a job (plugins/_batched_optimizers.py)."""
+    shape, flat_shape = flat.shape, (flat.numel(),)
 
-    def reshaped(state_dict: dict, want: torch.Size) -> dict:
+    def reshaped(state_dict: dict, have: torch.Size, want) -> dict:
         # New dicts: torch's state_dict holds the optimizer's own per-parameter dicts, and a
         # checkpoint's dicts are the caller's.
-        state = {index: {key: value.view(want) if isinstance(value, torch.Tensor) and value.dim() > 0
-                         and value.numel() == elements else value for key, value in entries.items()}
+        state = {index: {key: value.view(want) if isinstance(value, torch.Tensor) and value.shape == have else value
+                         for key, value in entries.items()}
                  for index, entries in state_dict["state"].items()}
         return {**state_dict, "state": state}
 
-    optimizer.register_state_dict_post_hook(lambda _, state_dict: reshaped(state_dict, saved))
-    optimizer.register_load_state_dict_pre_hook(lambda _, state_dict: reshaped(state_dict, column))
+    optimizer.register_state_dict_post_hook(lambda _, state_dict: reshaped(state_dict, shape, flat_shape))
+    optimizer.register_load_state_dict_pre_hook(
+        lambda _, state_dict: reshaped(state_dict, torch.Size(flat_shape), shape))
 
 
 def plain_sgd_update(optimizer: torch.optim.SGD, flat: FlatParameters) -> bool:

@@ -6,7 +6,6 @@ from typing import Optional
 import torch
 
 from framework import Component, ConfigError, hookimpl, setting
-from framework.flat_parameters import lent_column
 from framework_plugins._initial_values import INITS, initial_values
 
 
@@ -27,10 +26,6 @@ class Linear(torch.nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool, init: str) -> None:
         torch.nn.Module.__init__(self)  # skip nn.Linear's own draw: it would shift the RNG stream
         self.in_features, self.out_features = in_features, out_features
-        # One output and no bias (the puzzle task's A, B, C, D): y = x Wᵀ is x times the column
-        # W's elements make, which a training step computes with (framework.flat_parameters). A
-        # plain attribute: a property reading self.bias cost ≈ 1 µs a step through nn.Module.
-        self.computes_with_column = not bias and out_features == 1
         self.weight = torch.nn.Parameter(torch.empty(out_features, in_features))
         if bias:
             self.bias = torch.nn.Parameter(torch.empty(out_features))
@@ -44,14 +39,6 @@ class Linear(torch.nn.Linear):
             if self.bias is not None:
                 self.bias.copy_(initial_values(init, (out_features,), setting="model.init"))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.computes_with_column and features.dim() == 2:
-            column = lent_column([self.weight])
-            if column is not None:
-                # F.linear's product, x @ Wᵀ, with the (in, 1) column in Wᵀ's place: the same
-                # elements in the same order, the same mm, without the transpose's node.
-                return torch.mm(features, column)
-        return torch.nn.functional.linear(features, self.weight, self.bias)
 
     def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """Linear in W and b for one output: the features are W's columns, ones are b's

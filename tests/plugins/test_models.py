@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -111,87 +109,6 @@ def test_linear_without_bias_has_only_a_weight():
     model = Linear(4, 1, bias=False, init="uniform")
     assert [name for name, _ in model.named_parameters()] == ["weight"]
     assert ((model.weight >= 0) & (model.weight < 1)).all()
-
-
-@pytest.mark.parametrize("rows, columns", [(4, 4), (1000, 7), (3, 2)])
-def test_one_output_without_bias_trains_through_its_column_as_f_linear_does(rows, columns):
-    # A training step multiplies the features by the flat column of W (framework.flat_parameters):
-    # the parameters after every step are bit for bit those of F.linear with W, under NAdam.
-    from framework.flat_parameters import can_flatten, flatten, lending_forward
-
-    generator = torch.Generator().manual_seed(rows)
-    x, y = torch.randn(rows, columns, generator=generator), torch.randn(rows, 1, generator=generator)
-    torch.manual_seed(0)
-    model = Linear(columns, 1, bias=False, init="randn")
-    weight = model.weight.detach().clone().requires_grad_()
-    parameters = list(model.parameters())
-    optimizer_of = lambda params: torch.optim.NAdam(params, lr=0.01)  # noqa: E731
-    assert can_flatten(model, parameters, optimizer_of(parameters))
-    optimizer, plain = flatten(optimizer_of, parameters), optimizer_of([weight])
-    forward = lending_forward(model, optimizer)
-    # The product's second factor is the flat column itself, a leaf: no transpose in the graph.
-    (_, (factor, _)) = forward(x).grad_fn.next_functions
-    assert factor.variable is optimizer.flat_parameters.flat
-    for _ in range(20):
-        optimizer.zero_grad()
-        plain.zero_grad()
-        torch.nn.functional.mse_loss(forward(x), y).backward()
-        torch.nn.functional.mse_loss(torch.nn.functional.linear(x, weight), y).backward()
-        optimizer.step()
-        plain.step()
-        assert torch.equal(model.weight, weight)
-    # The optimizer's state is saved in the weight's own shape, as before it had a column.
-    assert all(value.shape == (1, columns) for value in optimizer.state_dict()["state"][0].values()
-               if value.dim() > 0)
-
-
-def test_a_checkpoint_of_an_unflattened_weight_goes_on_in_the_column():
-    # Checkpoints written before one-output linear models got a column hold the weight's own
-    # optimizer state, (1, in): loaded into the flat column's optimizer, the run goes on bit for bit.
-    from framework.flat_parameters import flatten, lending_forward
-
-    x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(3)), torch.randn(6, 1)
-    torch.manual_seed(0)
-    model = Linear(4, 1, bias=False, init="randn")
-    weight = model.weight.detach().clone().requires_grad_()
-    plain = torch.optim.Adam([weight], lr=0.1)
-
-    def plain_steps(count):
-        for _ in range(count):
-            plain.zero_grad()
-            torch.nn.functional.mse_loss(torch.nn.functional.linear(x, weight), y).backward()
-            plain.step()
-
-    plain_steps(5)
-    with torch.no_grad():
-        model.weight.copy_(weight)
-    optimizer = flatten(lambda params: torch.optim.Adam(params, lr=0.1), list(model.parameters()))
-    saved = io.BytesIO()  # as a checkpoint holds it: torch's state_dict is the optimizer's live state
-    torch.save(plain.state_dict(), saved)
-    saved.seek(0)
-    optimizer.load_state_dict(torch.load(saved, weights_only=True))
-    forward = lending_forward(model, optimizer)
-    for _ in range(5):
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(forward(x), y).backward()
-        optimizer.step()
-    plain_steps(5)
-    assert torch.equal(model.weight, weight)
-
-
-def test_only_a_linear_model_of_one_output_without_bias_computes_with_its_column():
-    from framework.flat_parameters import can_flatten
-
-    def flattens(model):
-        parameters = list(model.parameters())
-        return can_flatten(model, parameters, torch.optim.Adam(parameters))
-
-    assert Linear(4, 1, bias=False, init="zeros").computes_with_column
-    assert flattens(Linear(4, 1, bias=False, init="zeros"))
-    assert not flattens(Linear(4, 2, bias=False, init="zeros"))  # one parameter, no column
-    assert not flattens(Linear(1, 1, bias=False, init="zeros"))  # one element: no flat tensor
-    assert not Linear(4, 1, bias=True, init="zeros").computes_with_column  # two parameters: flattened anyway
-    assert flattens(Linear(4, 1, bias=True, init="zeros"))
 
 
 def test_sine_cubic_computes_a_plus_b_p3_of_c_plus_dx():

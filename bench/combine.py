@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import machine_text, quantity_text  # noqa: E402
+from bench.measure import Goal, machine_text, quantity_text  # noqa: E402
 
 
 class CombineError(Exception):
@@ -43,15 +43,15 @@ def load_run(folder: Path) -> dict[str, Any]:
     return record
 
 
+def goal_of(row: dict[str, Any]) -> Goal | None:
+    goal = row["goal"]
+    return None if goal is None else Goal(goal["metric"], goal["limit"])
+
+
 def figure(row: dict[str, Any]) -> float | None:
     """The number a row's goal is judged on (its ratio without a goal)."""
-    goal = row["goal"]
-    framework, plain = row["framework_median"], row["plain_median"]
-    if goal is None or goal["metric"] == "ratio":
-        return row["ratio"]
-    if goal["metric"] == "speedup":
-        return plain / framework if framework and plain else None
-    return framework
+    goal = goal_of(row)
+    return row["ratio"] if goal is None else goal.figure(row["framework_median"], row["plain_median"])
 
 
 def figure_text(value: float | None, goal: dict[str, Any] | None, quantity: str) -> str:
@@ -87,7 +87,7 @@ def combined_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         goal = row["goal"]
         met = None
         if goal is not None and median is not None and all(entry["check"] == "ok" for entry in per_run):
-            met = median >= goal["limit"] if goal["metric"] == "speedup" else median <= goal["limit"]
+            met = goal_of(row).met_by(median)
         rows.append({"name": name, "unit": row["unit"], "quantity": row["quantity"], "goal": goal,
                      "figures": figures, "median": median, "goal_met": met, "skipped": None,
                      "checks": [entry["check"] for entry in per_run]})

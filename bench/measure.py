@@ -102,12 +102,19 @@ class Goal:
     metric: str
     limit: float
 
+    def figure(self, framework: float | None, plain: float | None) -> float | None:
+        """The number the goal is judged on, from the two medians (None where one is missing or 0)."""
+        if self.metric == "seconds":
+            return framework
+        if not framework or not plain:
+            return None
+        return plain / framework if self.metric == "speedup" else framework / plain
+
+    def met_by(self, figure: float) -> bool:
+        return figure >= self.limit if self.metric == "speedup" else figure <= self.limit
+
     def met(self, framework: float, plain: float) -> bool:
-        if self.metric == "ratio":
-            return framework / plain <= self.limit
-        if self.metric == "speedup":
-            return plain / framework >= self.limit
-        return framework <= self.limit
+        return self.met_by(self.figure(framework, plain))
 
     def text(self) -> str:
         if self.metric == "ratio":

@@ -266,10 +266,13 @@ def restored(restore: Callable[[], None]):
 # model's forward returns the N jobs' predictions along a new first axis, each one bit for bit
 # what the job's own scalars give: elementwise operations round each element alone.
 BROADCASTS_OVER_JOBS = "broadcasts_over_jobs"
-# A model attribute, True by default: vmap over the model gives each job bit for bit its own
-# run's predictions and gradients. False where a batching rule rounds differently (a matrix
-# product batched into one wider product); such a model is batched only by its broadcast path.
+# A model attribute, True by default: vmap over the model may give each job bit for bit its own
+# run's predictions and gradients, which check_vmap_over_jobs then measures once per batch shape.
+# False where the model knows a batching rule rounds differently (a matrix product batched into
+# one wider product); such a model is batched only by its broadcast path.
 EXACT_UNDER_VMAP = "exact_under_vmap"
+# How many job losses (with their gradients) check_vmap_over_jobs compares at least, per batch shape.
+CHECKED_LOSSES = 32
 
 
 def per_job_loss_function(run_state, parameters: Callable[[], dict[str, torch.Tensor]], per_job: Callable | None):
@@ -315,4 +318,58 @@ def per_job_loss_function(run_state, parameters: Callable[[], dict[str, torch.Te
         return loss_fn(functional_call(model, parameters, (features,)), targets)
 
     batched = vmap(one_job_loss, in_dims=(0, None, None))
-    return (lambda features, targets: batched(parameters(), features, targets)), lambda: None
+    checked: set[tuple] = set()  # the batch shapes check_vmap_over_jobs passed
+
+    def losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        current = parameters()
+        key = (tuple(features.shape), tuple(targets.shape), features.dtype, features.device)
+        # Not on a GPU, where batched kernels round differently from one job's whatever the model (README).
+        if features.device.type == "cpu" and key not in checked:
+            check_vmap_over_jobs(type(model).__name__, batched, one_job_loss, current, features, targets)
+            checked.add(key)
+        return batched(current, features, targets)
+
+    return losses, lambda: None
+
+
+def check_vmap_over_jobs(model_name: str, batched: Callable, one_job_loss: Callable,
+                         like: dict[str, torch.Tensor], features: torch.Tensor, targets: torch.Tensor) -> None:
+    """ValueError unless vmap gives each job, bit for bit, the loss and gradients that the job's
+    own loss gives it, on this batch, at random parameters laid out as the batch's (shapes and
+    strides: kernels may choose by the layout).
+
+    vmap turns the jobs' products into one wider product, which torch's CPU kernels may compute
+    another way (a linear model of 16 features: a fused multiply-add where the job's own product
+    rounds twice), so a model's exactness under vmap is measured, not assumed. Such a difference
+    shows for some values only (about half of the dot products of 16 features), so the check
+    compares at least CHECKED_LOSSES job losses, drawing parameters again for a small batch of jobs."""
+    generator = torch.Generator(device=features.device).manual_seed(0)
+    jobs = next(iter(like.values())).shape[0]
+    for _ in range(-(-CHECKED_LOSSES // jobs)):
+        stacked = {}
+        for name, value in like.items():
+            drawn = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
+            drawn.copy_(torch.randn(value.shape, generator=generator, dtype=value.dtype, device=value.device))
+            stacked[name] = drawn.requires_grad_(value.requires_grad)
+        trainable = [name for name, value in stacked.items() if value.requires_grad]
+        with torch.enable_grad():
+            losses = batched(stacked, features, targets)
+            gradients = torch.autograd.grad(losses.sum(), [stacked[name] for name in trainable], allow_unused=True)
+            for job in range(jobs):
+                own = {name: value[job].detach().clone().requires_grad_(value.requires_grad)
+                       for name, value in stacked.items()}
+                loss = one_job_loss(own, features, targets)
+                own_gradients = torch.autograd.grad(loss, [own[name] for name in trainable], allow_unused=True)
+                same = same_bits(loss, losses[job]) and all(
+                    (mine is None) == (batch is None) and (mine is None or same_bits(mine, batch[job]))
+                    for mine, batch in zip(own_gradients, gradients))
+                if not same:
+                    raise ValueError(
+                        f"{model_name} under vmap rounds job {job} of {jobs} differently from its own run on "
+                        f"{features.device.type} ({tuple(features.shape)} features, "
+                        f"{str(features.dtype).removeprefix('torch.')}), so batched jobs would not be their own runs")
+
+
+def same_bits(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """Equal values, NaN where NaN."""
+    return bool(torch.equal(left.isnan(), right.isnan()) and torch.equal(left.nan_to_num(), right.nan_to_num()))

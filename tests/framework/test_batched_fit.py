@@ -247,3 +247,29 @@ def _with_hydra(config):
     with open_dict(config):
         config.hydra = OmegaConf.create({"job": {"num": 0}})
     return config
+
+
+def wide_rows(path, features: int = 16, rows: int = 40) -> str:
+    """A CSV of ``rows`` rows of ``features`` feature columns and a target y; its path."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(rows, features, generator=generator)
+    y = x @ torch.randn(features, 1, generator=generator) + 0.1 * torch.randn(rows, 1, generator=generator)
+    names = [f"x{column}" for column in range(features)]
+    path.write_text(",".join([*names, "y"]) + "\n" + "".join(
+        ",".join(repr(value) for value in row) + "\n" for row in torch.cat([x, y], dim=1).tolist()))
+    return str(path)
+
+
+@pytest.mark.parametrize("batch", ["data.batch_size=null", "data.batch_size=1", "data.batch_size=7"])
+def test_a_wide_linear_model_under_vmap_trains_each_job_as_its_own_run(batch, shared, train_alone,
+                                                                        compose_config, tmp_path):
+    # vmap batches the jobs' F.linear into one wider product, which on the CPU rounds some jobs'
+    # dot products of 16 features differently from their own: such a batch is refused (the
+    # launcher then runs the jobs one by one), so whatever the launcher does, each job is its own run.
+    data = ["data=csv", f"data.path={wide_rows(tmp_path / 'wide.csv')}", "data.target=y", "model=linear",
+            "model.bias=false", "model.init=randn", "optimizer=adam", "trainer.max_steps=20", "logger=[]", batch]
+    jobs = [[*data, "optimizer.lr=0.01"], [*data, "optimizer.lr=0.05"], [*data, "optimizer.lr=0.02"]]
+    try:
+        assert_jobs_match_their_own_runs(train_alone, compose_config, jobs, broadcast=False)
+    except ValueError as refused:
+        assert "rounds job" in str(refused) and "differently from its own run" in str(refused)

@@ -67,13 +67,18 @@ INTERRUPTED_STATUSES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 def _end_without_teardown(code: object) -> None:
-    """A run that a signal stopped ends without the interpreter's teardown
-    (framework/process_exit.py): where the interrupt landed in Python code that C code ran as a
-    string (PyRun_String, as extensions do while they import), CPython marks it unhandled, and
-    its teardown ends the process by SIGINT (status -2) instead of the 130 or 143 the run exits
-    with. Any other process, and one ending by an unexpected error (whose traceback Python
-    prints), ends as usual."""
-    if code in INTERRUPTED_STATUSES:
+    """Two kinds of process end without the interpreter's teardown (framework/process_exit.py):
+    - a DDP rank (torchrun): torch leaves its process group's threads running, and they can
+      abort the process there;
+    - a run that a signal stopped: where the interrupt landed in Python code that C code ran
+      as a string (PyRun_String, as extensions do while they import), CPython marks it
+      unhandled, and its teardown ends the process by SIGINT (status -2) instead of the 130 or
+      143 the run exits with.
+    Any other process, and one ending by an unexpected error (whose traceback Python prints),
+    ends as usual."""
+    from framework.distributed import left_a_group
+
+    if left_a_group() or code in INTERRUPTED_STATUSES:
         from framework.process_exit import end_process, exit_status
 
         end_process(exit_status(code))

@@ -123,11 +123,6 @@ def join_process_group() -> bool:
 
     if dist.is_initialized():
         return False
-    # torch.distributed.nn.functional takes ``group.WORLD`` as its functions' default argument,
-    # evaluated when it is first imported, and DDP's construction imports it (through
-    # torch._dynamo). Imported after the group is made, those defaults would hold the group, and
-    # its gloo threads would outlive destroy_process_group and could abort the process at exit.
-    import torch.distributed.nn.functional  # noqa: F401
     cuda = torch.cuda.is_available()
     if cuda:  # before NCCL starts: each rank its own GPU
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
@@ -135,11 +130,22 @@ def join_process_group() -> bool:
     return True
 
 
+_left_a_group = False  # this process destroyed a process group (framework/process_exit.py says why it matters)
+
+
 def leave_process_group() -> None:
+    global _left_a_group
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
+        _left_a_group = True
+
+
+def left_a_group() -> bool:
+    """Whether this process took part in a process group, whose threads may outlive it
+    (framework.process_exit)."""
+    return _left_a_group
 
 
 def rank() -> int:

@@ -1,8 +1,15 @@
-"""Ending a process without the interpreter's teardown: a run a signal stopped.
+"""Ending a process without the interpreter's teardown: a DDP rank, and a run a signal stopped.
 
-Where the interrupt had landed in Python code that C code ran as a string, CPython marks it
-unhandled, and its teardown would end the process by SIGINT instead of with the run's exit
-status (framework/__main__.py).
+torch's DistributedDataParallel keeps its process group alive after ``destroy_process_group``
+(torch 2.13: the gloo worker and transport threads of a group that a DDP wrapper was built on are
+still running after the wrapper is gone and the group destroyed; a group no wrapper used stops
+them). Those threads then meet the interpreter's finalization and the C++ exit handlers, and now
+and then a rank dies with SIGABRT ("terminate called without an active exception") after its run
+has completed and written everything: torchrun then reports the whole launch as failed.
+
+A run that a signal stopped ends the same way (framework/__main__.py): where the interrupt had
+landed in Python code that C code ran as a string, CPython marks it unhandled, and its teardown
+would end the process by SIGINT instead of with the run's exit status.
 
 Such a process therefore ends the way ``sys.exit`` would up to the point where the trouble
 starts: it runs the threading module's exit hooks and waits for Python's non-daemon threads,

@@ -129,36 +129,6 @@ def test_two_ranks_train_the_global_batches_and_agree_bit_for_bit(tmp_path):
     assert not torch.equal(expected["weight"], torch.zeros(1, 2))  # it trained
 
 
-THREADS_LEFT = """
-import json, os, sys, framework
-
-def thread_names():
-    return sorted(open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
-
-before = thread_names()
-framework.train(sys.argv[2:])
-with open(os.path.join(sys.argv[1], f"threads{os.environ['RANK']}.json"), "w") as out:
-    json.dump({"before": before, "after": thread_names()}, out)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process's threads from /proc")
-def test_framework_train_leaves_no_thread_of_the_process_group_it_joined(tmp_path):
-    # A gloo thread that outlives the group can abort the script at exit (SIGABRT, "terminate
-    # called without an active exception"), now and then, after its run completed.
-    csv = tmp_path / "rows.csv"
-    write_rows(csv)
-    script = tmp_path / "threads_left.py"
-    script.write_text(THREADS_LEFT)
-    done = run_torchrun(tmp_path, str(script), str(tmp_path), *linear_task(
-        csv, "optimizer=adam", f"data.batch_size={BATCH}", "trainer.max_steps=3", "logger=[]",
-        f"hydra.run.dir={tmp_path / 'run'}"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    for rank in range(RANKS):
-        threads = json.loads((tmp_path / f"threads{rank}.json").read_text())
-        assert threads["after"] == threads["before"], threads
-
-
 def test_polyfit_whose_forward_uses_the_flat_coefficients_trains_under_ddp(tmp_path):
     # polyfit's matmul polynomial computes with the optimizer's flat tensor, not its three
     # coefficients, when it may (framework.flat_parameters.lent_leaf); DDP waits for each

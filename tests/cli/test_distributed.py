@@ -104,6 +104,10 @@ import os, sys, torch, framework
 run = framework.train(sys.argv[2:])
 torch.save({name: p.detach().clone() for name, p in run.model.named_parameters()},
            os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+# As the README says a script of one's own under torchrun ends: torch leaves the group's gloo
+# threads running, and the interpreter's teardown could abort the rank after its work is saved.
+sys.stdout.flush(), sys.stderr.flush()
+os._exit(0)
 """
 
 

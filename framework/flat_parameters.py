@@ -45,6 +45,12 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 # A model class attribute: True when every parameter takes part in every forward pass.
 DENSE_GRADIENTS = "dense_gradients"
+# A model attribute, True where the model's one parameter is a (1, n) weight that its forward
+# multiplies by as F.linear does, ``x @ weight.t()``: the flat tensor is then laid out as that
+# transpose, strides (1, n), so that ``torch.mm(x, column)`` with the lent column
+# (:func:`lent_column`) is F.linear's own product, operand for operand, without the transpose's
+# node in the graph. Such a model is flattened though it has a single parameter.
+TRANSPOSED_WEIGHT_COLUMN = "transposed_weight_column"
 
 # Updates that treat every element on its own, with the same arithmetic whatever the shape
 # (their single-tensor code, torch's default on the CPU). Exact types: a subclass may not be.
@@ -64,7 +70,10 @@ def can_flatten(model: torch.nn.Module, parameters: list[torch.nn.Parameter], op
     """Whether :func:`flatten` gives exactly the updates ``optimizer`` gives ``parameters``."""
     if type(optimizer) not in ELEMENTWISE_OPTIMIZERS or len(optimizer.param_groups) != 1:
         return False
-    if len(parameters) < 2 or not getattr(model, DENSE_GRADIENTS, False):
+    if not getattr(model, DENSE_GRADIENTS, False):
+        return False
+    if len(parameters) < 2 and not (getattr(model, TRANSPOSED_WEIGHT_COLUMN, False) and len(parameters) == 1
+                                    and parameters[0].dim() == 2 and parameters[0].shape[0] == 1):
         return False
     first = parameters[0]
     return all(p.device == first.device and p.dtype == first.dtype and p.layout == torch.strided
@@ -74,14 +83,16 @@ def can_flatten(model: torch.nn.Module, parameters: list[torch.nn.Parameter], op
 class FlatParameters:
     """The flat tensor the optimizer updates, and the parameters that are views of it."""
 
-    def __init__(self, parameters: list[torch.nn.Parameter]) -> None:
+    def __init__(self, parameters: list[torch.nn.Parameter], transposed: bool = False) -> None:
         self.parameters = list(parameters)
         with torch.no_grad():
             # A column, (n, 1): the shape of the tutorial's weight, so that a model computing with
             # it (lent_column) needs no view, whose node autograd would run every backward pass
             # (≈ 8 µs of polyfit's 190 µs step, with the view itself). Checkpoints keep (n,):
-            # see column_state_hooks.
-            flat = torch.cat([p.detach().reshape(-1) for p in self.parameters]).view(-1, 1)
+            # see column_state_hooks. Transposed: a (1, n) row's transpose, strides (1, n)
+            # (TRANSPOSED_WEIGHT_COLUMN).
+            values = torch.cat([p.detach().reshape(-1) for p in self.parameters])
+            flat = values.view(1, -1).t() if transposed else values.view(-1, 1)
         self.flat = torch.nn.Parameter(flat)
         self.flat.grad = torch.zeros_like(flat)
         self.gradient = self.flat.grad
@@ -182,10 +193,10 @@ def stop_lending(optimizer: torch.optim.Optimizer) -> None:
         owner.lends = False
 
 
-def flatten(optimizer_factory, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def flatten(optimizer_factory, parameters: list[torch.nn.Parameter], transposed: bool = False) -> torch.optim.Optimizer:
     """An optimizer over one flat tensor holding ``parameters`` (built by ``optimizer_factory``,
-    called with the list of tensors to optimize)."""
-    flat = FlatParameters(parameters)
+    called with the list of tensors to optimize); ``transposed``: see TRANSPOSED_WEIGHT_COLUMN."""
+    flat = FlatParameters(parameters, transposed)
     optimizer = optimizer_factory([flat.flat])
     optimizer.zero_grad = flat.zero_grad
     optimizer.flat_parameters = flat  # for lending_forward
@@ -209,27 +220,29 @@ def flatten(optimizer_factory, parameters: list[torch.nn.Parameter]) -> torch.op
         return update(closure_then_gather)
 
     optimizer.step = types.MethodType(step, optimizer)
-    column_state_hooks(optimizer, flat.flat)
+    column_state_hooks(optimizer, flat.flat, parameters[0].shape if len(parameters) == 1 else None)
     return optimizer
 
 
-def column_state_hooks(optimizer: torch.optim.Optimizer, flat: torch.Tensor) -> None:
+def column_state_hooks(optimizer: torch.optim.Optimizer, flat: torch.Tensor, own_shape: torch.Size | None) -> None:
     """The optimizer's state of the flat column, (n, 1), saved as (n,) and loaded from (n,): a
     checkpoint holds what it held before the column, and what the vectorized launcher's batched
-    optimizers give a job (plugins/_batched_optimizers.py)."""
-    shape, flat_shape = flat.shape, (flat.numel(),)
+    optimizers give a job (plugins/_batched_optimizers.py). ``own_shape``: the shape of the one
+    parameter of a model flattened for its transposed column (TRANSPOSED_WEIGHT_COLUMN), whose
+    state a checkpoint written before that holds in this shape, also loaded."""
+    shape, flat_shape = flat.shape, torch.Size((flat.numel(),))
+    loaded_shapes = (flat_shape,) if own_shape is None else (flat_shape, torch.Size(own_shape))
 
-    def reshaped(state_dict: dict, have: torch.Size, want) -> dict:
+    def reshaped(state_dict: dict, have: tuple[torch.Size, ...], want) -> dict:
         # New dicts: torch's state_dict holds the optimizer's own per-parameter dicts, and a
         # checkpoint's dicts are the caller's.
-        state = {index: {key: value.view(want) if isinstance(value, torch.Tensor) and value.shape == have else value
+        state = {index: {key: value.view(want) if isinstance(value, torch.Tensor) and value.shape in have else value
                          for key, value in entries.items()}
                  for index, entries in state_dict["state"].items()}
         return {**state_dict, "state": state}
 
-    optimizer.register_state_dict_post_hook(lambda _, state_dict: reshaped(state_dict, shape, flat_shape))
-    optimizer.register_load_state_dict_pre_hook(
-        lambda _, state_dict: reshaped(state_dict, torch.Size(flat_shape), shape))
+    optimizer.register_state_dict_post_hook(lambda _, state_dict: reshaped(state_dict, (shape,), flat_shape))
+    optimizer.register_load_state_dict_pre_hook(lambda _, state_dict: reshaped(state_dict, loaded_shapes, shape))
 
 
 def plain_sgd_update(optimizer: torch.optim.SGD, flat: FlatParameters) -> bool:

@@ -83,6 +83,12 @@ class StandardizedInput(torch.nn.Module):
         """The wrapped model's (framework.flat_parameters): the wrapper adds no parameter."""
         return getattr(self.standardized, "dense_gradients", False)
 
+    @property
+    def transposed_weight_column(self) -> bool:
+        """The wrapped model's too (framework.flat_parameters): its forward gets the standardized
+        features, and computes with the lent column as it would with raw ones."""
+        return getattr(self.standardized, "transposed_weight_column", False)
+
     def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The wrapped model's blocks at the standardized features (framework.least_squares)."""
         blocks = declared_blocks(self.standardized, (features - self.mean) / self.scale, self.model_name)

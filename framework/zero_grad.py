@@ -2,7 +2,7 @@
 
 ``torch.optim.Optimizer.zero_grad()`` opens a ``record_function`` block on every call, for
 profiles, whether or not a profiler runs: 10 µs a step warm, ≈ 25 µs in the loop, where setting
-one gradient to None costs well under one. On the puzzle task (one parameter, so not flattened:
+one gradient to None costs well under one. On the puzzle task (one parameter, not flattened then:
 framework.flat_parameters) that was most of the framework's cost over the plain loop.
 
 :func:`lean_zero_grad` gives an optimizer built by the framework a ``zero_grad`` that, while no

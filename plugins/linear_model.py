@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from framework import Component, ConfigError, hookimpl, setting
+from framework.flat_parameters import lent_column
 from framework_plugins._initial_values import INITS, initial_values
 
 
@@ -38,6 +39,25 @@ class Linear(torch.nn.Linear):
             self.weight.copy_(initial_values(init, (out_features, in_features), setting="model.init"))
             if self.bias is not None:
                 self.bias.copy_(initial_values(init, (out_features,), setting="model.init"))
+
+    @property
+    def transposed_weight_column(self) -> bool:
+        """One output and no bias (the puzzle's A, B, C, D): the optimizer's flat tensor is the
+        weight's transpose, which a training step's forward computes with (framework.flat_parameters).
+        Read when the optimizer is built, so a bias assigned after construction counts."""
+        return self.out_features == 1 and self.bias is None
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if bias is None and input.dim() == 2:
+            # F.linear's product is torch.mm(input, weight.t()), and the lent column is laid out
+            # as weight.t() (strides (1, in)): the same kernel on the same operands, so the same
+            # bits, without the transpose's node in the graph. Any other layout of the column
+            # could round differently (a one-row batch of 12 features, or non-contiguous ones).
+            column = lent_column((weight,))
+            if column is not None and column.stride() == (1, weight.shape[1]):
+                return torch.mm(input, column)
+        return torch.nn.functional.linear(input, weight, bias)
 
 
     def design_matrix(self, features: torch.Tensor) -> dict[str, torch.Tensor] | None:

@@ -122,6 +122,8 @@ def test_each_batched_job_is_bitwise_its_own_run_for_every_batched_optimizer(
     ("+task=sine optimizer=adagrad trainer.max_steps=60",
      ["optimizer.lr=0.01", "optimizer.lr=0.05 optimizer.lr_decay=0.01 optimizer.initial_accumulator_value=0.1"]),
     ("+task=linear optimizer=adagrad", ["optimizer.lr=0.1", "optimizer.lr=0.3 optimizer.weight_decay=0.01"]),
+    # one parameter, flattened as its transpose (framework.flat_parameters.TRANSPOSED_WEIGHT_COLUMN)
+    ("+task=puzzle trainer.max_steps=60", ["optimizer.lr=0.01", "optimizer.lr=0.05"]),
     ("+task=polyfit loss=l1 optimizer=adam trainer.max_steps=100", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
     ("+task=polyfit loss=huber optimizer=adam trainer.max_steps=100", ["optimizer.lr=0.01", "optimizer.lr=0.1"]),
     # minibatches, in order and shuffled (the jobs share the seed, so the order)

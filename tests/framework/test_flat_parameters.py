@@ -381,3 +381,101 @@ def test_a_hook_on_a_coefficients_gradient_sees_every_step():
     model, _ = polynomial_run(steps=5, hook=lambda model: model.B.register_hook(lambda grad: seen.append(grad)))
     assert len(seen) == 5
     assert torch.equal(coefficients(model), tutorial_polynomial(steps=5))
+
+
+def one_output_linear(features: int, generator: torch.Generator):
+    from framework_plugins.linear_model import Linear
+
+    model = Linear(features, 1, bias=False, init="zeros")
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, features, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("features, rows, layout", [
+    (4, 4, "contiguous"),  # the puzzle's shape
+    (16, 1, "contiguous"), (12, 1, "contiguous"),  # a one-row batch: mm(x, column) of strides (1, 1) rounds otherwise
+    (16, 5, "every other column"), (16, 5, "transposed"),  # features that are not contiguous
+    (1, 3, "contiguous"),
+])
+def test_a_one_output_linear_model_without_bias_trains_through_its_weights_transpose_as_f_linear(
+        features, rows, layout):
+    # Its optimizer's flat tensor is laid out as weight.t(), which the step's forward multiplies
+    # by: the plain loop below (F.linear on a (1, n) weight) bit for bit, in every layout.
+    generator = torch.Generator().manual_seed(features * 100 + rows)
+    wide = torch.randn(rows, 2 * features, generator=generator)
+    x = {"contiguous": wide[:, :features].contiguous(), "every other column": wide[:, ::2],
+         "transposed": wide[:, :features].contiguous().t().contiguous().t()}[layout]
+    y = torch.randn(rows, 1, generator=generator)
+    model = one_output_linear(features, generator)
+    weight = model.weight.detach().clone().requires_grad_(True)
+    parameters = list(model.parameters())
+    make = OPTIMIZERS["nadam"]
+    assert can_flatten(model, parameters, make(parameters))
+    optimizer = flatten(make, parameters, transposed=True)
+    (flat,) = optimizer.param_groups[0]["params"]
+    assert flat.shape == (features, 1) and flat.stride() == weight.t().stride()
+    plain = make([weight])
+    forward = lending_forward(model, optimizer)
+    for _ in range(25):
+        optimizer.zero_grad()
+        predictions = forward(x)
+        ((predictions - y) ** 2).sum().backward()
+        optimizer.step()
+        plain.zero_grad()
+        ((torch.nn.functional.linear(x, weight) - y) ** 2).sum().backward()
+        plain.step()
+    # the step computed with the flat tensor itself: autograd adds into it, with no transpose between
+    assert [next_function.variable for next_function, _ in predictions.grad_fn.next_functions
+            if next_function is not None and hasattr(next_function, "variable")] == [flat]
+    assert torch.equal(model.weight.detach(), weight.detach())
+    assert model.weight.shape == (1, features) and model.weight.data_ptr() == flat.data_ptr()
+
+
+def test_only_a_one_output_linear_model_without_bias_is_flattened_with_a_single_parameter():
+    from framework_plugins.linear_model import Linear
+
+    generator = torch.Generator().manual_seed(0)
+    assert can_flatten(*(lambda m: (m, list(m.parameters())))(one_output_linear(3, generator)),
+                       OPTIMIZERS["adamw"]([torch.zeros(1, requires_grad=True)]))
+    for model in (Linear(3, 2, bias=False, init="zeros"), Linear(3, 1, bias=True, init="zeros")):
+        parameters = list(model.parameters())
+        if len(parameters) == 1:  # two outputs: not a column
+            assert not can_flatten(model, parameters, OPTIMIZERS["sgd"](parameters))
+        else:  # with a bias: flattened as any small model, as a plain column it does not lend
+            assert can_flatten(model, parameters, OPTIMIZERS["sgd"](parameters))
+            assert not model.transposed_weight_column
+
+
+def test_a_checkpoint_of_the_unflattened_weight_resumes_through_the_transposed_column_bit_for_bit():
+    # Checkpoints written before the one-output linear model was flattened hold its NAdam state
+    # in the weight's shape (1, n); a resumed run loads them and goes on as the unflattened run
+    # does. New checkpoints hold (n,), as every flattened model's.
+    generator = torch.Generator().manual_seed(5)
+    x, y = torch.randn(6, 4, generator=generator), torch.randn(6, 1, generator=generator)
+
+    def steps(model, optimizer, count):
+        forward = lending_forward(model, optimizer)
+        for _ in range(count):
+            optimizer.zero_grad()
+            ((forward(x) - y) ** 2).sum().backward()
+            optimizer.step()
+
+    model = one_output_linear(4, generator)
+    initial = model.weight.detach().clone()
+    unflattened = OPTIMIZERS["nadam"]([model.weight])
+    steps(model, unflattened, 5)
+    old = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+           "optimizer": {"state": {0: {k: v.clone() for k, v in unflattened.state_dict()["state"][0].items()}},
+                         "param_groups": unflattened.state_dict()["param_groups"]}}
+    assert old["optimizer"]["state"][0]["exp_avg"].shape == (1, 4)
+    steps(model, unflattened, 5)
+
+    resumed = one_output_linear(4, torch.Generator().manual_seed(99))
+    resumed.load_state_dict(old["model"])
+    optimizer = flatten(OPTIMIZERS["nadam"], list(resumed.parameters()), transposed=True)
+    optimizer.load_state_dict(old["optimizer"])
+    steps(resumed, optimizer, 5)
+    assert torch.equal(resumed.weight.detach(), model.weight.detach())
+    assert not torch.equal(model.weight.detach(), initial)
+    assert optimizer.state_dict()["state"][0]["exp_avg"].shape == (4,)

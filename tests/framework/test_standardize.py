@@ -122,6 +122,15 @@ def test_a_model_without_intercept_is_only_scaled(train, tmp_path, caplog):
     numpy.testing.assert_allclose(equations @ numpy.array(result["params"]["weight"][0]), [9, 1, 8, 2], atol=1e-6)
 
 
+def test_the_standardized_puzzle_still_trains_its_weights_transpose(train, recorder, tmp_path):
+    # The wrapper passes on the one-output linear model's layout (framework.flat_parameters):
+    # the optimizer's one tensor is the weight's transpose, the weight a view of it.
+    train(["+task=puzzle", "data.standardize=true", "trainer.max_steps=3", "logger=[]"], run_dir=tmp_path)
+    (optimized,) = recorder.optimizer.param_groups[0]["params"]
+    assert optimized.shape == (4, 1) and optimized.stride() == (1, 4)
+    assert set(recorder.final) == {"standardized.weight"}
+
+
 def test_column_statistics_leave_constant_columns_as_they_are():
     features = torch.tensor([[1.0, 7.0, 0.0], [3.0, 7.0, 0.0], [5.0, 7.0, 0.0]])
     mean, scale, constant = column_statistics(features, centered=True)

@@ -80,17 +80,20 @@ def test_an_optimizer_with_a_zero_grad_of_its_own_keeps_it():
 
 def test_the_framework_builds_optimizers_with_it_and_a_step_calls_no_torch_zero_grad(
         compose_config, registry, torch_calls):
-    # puzzle: one parameter, not flattened (a flattened optimizer zeroes its flat gradient)
-    cfg = compose_config(["+task=puzzle", "trainer.device=cpu", "logger=[]"])
+    # a polynomial of degree 0: one parameter, not flattened (a flattened optimizer zeroes its
+    # flat gradient)
+    cfg = compose_config(["+task=polyfit", "model.degree=0", "trainer.device=cpu", "logger=[]"])
     trainer = checked_trainer(cfg)
     seed_everything(trainer.seed)
     run = build_state(cfg, registry, trainer=trainer, device=resolve_device(trainer.device),
                       dtype=resolve_dtype(trainer.dtype)).run
+    (parameter,) = run.model.parameters()
+    assert run.optimizer.param_groups[0]["params"] == [parameter]
     for _ in range(2):
         run.optimizer.zero_grad()
         run.loss_fn(run.model(run.data.features), run.data.targets).backward()
-        assert run.model.weight.grad is not None
+        assert parameter.grad is not None
         run.optimizer.step()
     run.optimizer.zero_grad()
-    assert run.model.weight.grad is None
+    assert parameter.grad is None
     assert torch_calls == []

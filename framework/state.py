@@ -141,8 +141,6 @@ class Progress:
     # Not saved: this epoch's (features, targets) rows in ``order``, gathered once so that each
     # batch is a view (framework/batches.py); rebuilt from ``order`` after a resume.
     shuffled_rows: tuple[torch.Tensor, torch.Tensor] | None = None
-    # Not saved: the next epoch's order, drawn ahead on another thread (framework.batches.NextEpoch).
-    next_epoch: Any = None
     last_loss: float | None = None  # last finite loss read back from the device
     last_loss_step: int | None = None
     stop: StopRequest = field(default_factory=StopRequest)
@@ -175,7 +173,7 @@ class Progress:
         order = state["order"]
         device = self.shuffle_generator.device if self.shuffle_generator is not None else "cpu"
         self.order = None if order is None else order.to(device)
-        self.shuffled_rows = self.next_epoch = None
+        self.shuffled_rows = None
         set_random_states(state["random"])
 
 

@@ -335,41 +335,56 @@ def per_job_loss_function(run_state, parameters: Callable[[], dict[str, torch.Te
 def check_vmap_over_jobs(model_name: str, batched: Callable, one_job_loss: Callable,
                          like: dict[str, torch.Tensor], features: torch.Tensor, targets: torch.Tensor) -> None:
     """ValueError unless vmap gives each job, bit for bit, the loss and gradients that the job's
-    own loss gives it, on this batch, at random parameters laid out as the batch's (shapes and
-    strides: kernels may choose by the layout).
+    own loss gives it, at random parameters laid out as the batch's (shapes and strides: kernels
+    may choose by the layout): on this batch, then on random features of its shape and strides
+    (a batch's own values may hide a difference: rows of zeros round alike whatever the kernel).
 
     vmap turns the jobs' products into one wider product, which torch's CPU kernels may compute
     another way (a linear model of 16 features: a fused multiply-add where the job's own product
     rounds twice), so a model's exactness under vmap is measured, not assumed. Such a difference
     shows for some values only (about half of the dot products of 16 features), so the check
-    compares at least CHECKED_LOSSES job losses, drawing parameters again for a small batch of jobs."""
+    compares at least CHECKED_LOSSES job losses, drawing again for a small batch of jobs. A loss or
+    gradient that is not finite there checks nothing, and fails the check too."""
     generator = torch.Generator(device=features.device).manual_seed(0)
     jobs = next(iter(like.values())).shape[0]
-    for _ in range(-(-CHECKED_LOSSES // jobs)):
-        stacked = {}
-        for name, value in like.items():
-            drawn = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
-            drawn.copy_(torch.randn(value.shape, generator=generator, dtype=value.dtype, device=value.device))
-            stacked[name] = drawn.requires_grad_(value.requires_grad)
+    for round_ in range(max(2, -(-CHECKED_LOSSES // jobs))):
+        stacked = {name: drawn_like(value, generator).requires_grad_(value.requires_grad)
+                   for name, value in like.items()}
+        drawn_features = round_ > 0 and features.is_floating_point()
+        inputs = drawn_like(features, generator) if drawn_features else features
+        where = (f"at random parameters{' and features' if drawn_features else ''} on {features.device.type} "
+                 f"({tuple(features.shape)} features, {str(features.dtype).removeprefix('torch.')})")
         trainable = [name for name, value in stacked.items() if value.requires_grad]
         with torch.enable_grad():
-            losses = batched(stacked, features, targets)
+            losses = batched(stacked, inputs, targets)
             gradients = torch.autograd.grad(losses.sum(), [stacked[name] for name in trainable], allow_unused=True)
             for job in range(jobs):
                 own = {name: value[job].detach().clone().requires_grad_(value.requires_grad)
                        for name, value in stacked.items()}
-                loss = one_job_loss(own, features, targets)
+                loss = one_job_loss(own, inputs, targets)
                 own_gradients = torch.autograd.grad(loss, [own[name] for name in trainable], allow_unused=True)
-                same = same_bits(loss, losses[job]) and all(
-                    (mine is None) == (batch is None) and (mine is None or same_bits(mine, batch[job]))
-                    for mine, batch in zip(own_gradients, gradients))
-                if not same:
-                    raise ValueError(
-                        f"{model_name} under vmap rounds job {job} of {jobs} differently from its own run on "
-                        f"{features.device.type} ({tuple(features.shape)} features, "
-                        f"{str(features.dtype).removeprefix('torch.')}), so batched jobs would not be their own runs")
+                pairs = [(loss, losses[job])] + [(mine, None if batch is None else batch[job])
+                                                 for mine, batch in zip(own_gradients, gradients)]
+                if not all(mine is None or bool(torch.isfinite(mine).all()) for mine, _ in pairs):
+                    raise ValueError(f"{model_name} under vmap could not be checked: its loss or gradients are "
+                                     f"not finite {where}, so batched jobs might not be their own runs")
+                if not all((mine is None) == (batch is None) and (mine is None or same_bits(mine, batch))
+                           for mine, batch in pairs):
+                    raise ValueError(f"{model_name} under vmap rounds job {job} of {jobs} differently from its "
+                                     f"own run {where}, so batched jobs would not be their own runs")
+
+
+def drawn_like(value: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal values in a new tensor of ``value``'s shape, strides, dtype and device."""
+    drawn = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
+    return drawn.copy_(torch.randn(value.shape, generator=generator, dtype=value.dtype, device=value.device))
 
 
 def same_bits(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """Equal values, NaN where NaN."""
-    return bool(torch.equal(left.isnan(), right.isnan()) and torch.equal(left.nan_to_num(), right.nan_to_num()))
+    """The same bits: -0.0 is not 0.0, and a NaN equals only a NaN of the same payload."""
+    if left.dtype != right.dtype or left.shape != right.shape:
+        return False
+    if not left.is_floating_point():
+        return bool(torch.equal(left, right))
+    as_integers = {2: torch.int16, 4: torch.int32, 8: torch.int64}[left.element_size()]
+    return bool(torch.equal(left.view(as_integers), right.view(as_integers)))

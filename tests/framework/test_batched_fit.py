@@ -251,10 +251,12 @@ def _with_hydra(config):
     return config
 
 
-def wide_rows(path, features: int = 16, rows: int = 40) -> str:
-    """A CSV of ``rows`` rows of ``features`` feature columns and a target y; its path."""
+def wide_rows(path, features: int = 16, rows: int = 40, zero_rows: int = 0) -> str:
+    """A CSV of ``rows`` rows of ``features`` feature columns and a target y, the first
+    ``zero_rows`` of them zeros; its path."""
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(rows, features, generator=generator)
+    x[:zero_rows] = 0
     y = x @ torch.randn(features, 1, generator=generator) + 0.1 * torch.randn(rows, 1, generator=generator)
     names = [f"x{column}" for column in range(features)]
     path.write_text(",".join([*names, "y"]) + "\n" + "".join(
@@ -262,16 +264,43 @@ def wide_rows(path, features: int = 16, rows: int = 40) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("batch", ["data.batch_size=null", "data.batch_size=1", "data.batch_size=7"])
-def test_a_wide_linear_model_under_vmap_trains_each_job_as_its_own_run(batch, shared, train_alone,
+@pytest.mark.parametrize("batch, zero_rows, bias", [
+    ("data.batch_size=null", 0, "false"), ("data.batch_size=1", 0, "false"), ("data.batch_size=7", 0, "true"),
+    ("data.batch_size=8", 8, "true"), ("data.batch_size=8", 8, "false")])
+def test_a_wide_linear_model_under_vmap_trains_each_job_as_its_own_run(batch, zero_rows, bias, shared, train_alone,
                                                                         compose_config, tmp_path):
     # vmap batches the jobs' F.linear into one wider product, which on the CPU rounds some jobs'
     # dot products of 16 features differently from their own: such a batch is refused (the
-    # launcher then runs the jobs one by one), so whatever the launcher does, each job is its own run.
-    data = ["data=csv", f"data.path={wide_rows(tmp_path / 'wide.csv')}", "data.target=y", "model=linear",
-            "model.bias=false", "model.init=randn", "optimizer=adam", "trainer.max_steps=20", "logger=[]", batch]
+    # launcher then runs the jobs one by one), so whatever the launcher does, each job is its own
+    # run. A first batch of zero rows rounds alike either way: the check draws features too.
+    path = wide_rows(tmp_path / "wide.csv", zero_rows=zero_rows)
+    data = ["data=csv", f"data.path={path}", "data.target=y", "model=linear", f"model.bias={bias}",
+            "model.init=randn", "optimizer=adam", "trainer.max_steps=20", "logger=[]", batch]
     jobs = [[*data, "optimizer.lr=0.01"], [*data, "optimizer.lr=0.05"], [*data, "optimizer.lr=0.02"]]
     try:
         assert_jobs_match_their_own_runs(train_alone, compose_config, jobs, broadcast=False)
     except ValueError as refused:
         assert "rounds job" in str(refused) and "differently from its own run" in str(refused)
+
+
+def test_a_model_whose_loss_is_not_finite_at_random_parameters_is_not_batched_under_vmap():
+    # At parameters drawn from N(0, 1) a square root gives NaN, which would compare equal with
+    # itself and check nothing: the check refuses instead (the launcher runs the jobs one by one).
+    from types import SimpleNamespace
+
+    from framework.batched_fit import per_job_loss_function
+
+    class RootWeights(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.rand(1, 16))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.weight.sqrt())
+
+    stacked = {"weight": torch.rand(3, 1, 16, requires_grad=True)}
+    run_state = SimpleNamespace(model=RootWeights(), loss_fn=torch.nn.functional.mse_loss)
+    losses, _ = per_job_loss_function(run_state, lambda: stacked, None)
+    features, targets = torch.randn(5, 16), torch.randn(5, 1)
+    with pytest.raises(ValueError, match="could not be checked: its loss or gradients are not finite"):
+        losses(features, targets)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework.data import Dataset, prepare_dataset, split_off_validation
 from framework.devices import default_dtype
 from framework.errors import ConfigError, FrameworkError, PluginError
-from framework.flat_parameters import TRANSPOSED_WEIGHT_COLUMN, can_flatten, flatten
+from framework.flat_parameters import can_flatten, flatten, transposed_weight_column
 from framework.precision import mixed_precision
 from framework.registry import Component, Registry
 from framework.schema import TrainerConfig
@@ -170,8 +170,7 @@ def build_state(
     parameters = list(trainable.values())
     optimizer = build_optimizer(parameters)
     if can_flatten(model, parameters, optimizer):  # the same updates, cheaper
-        transposed = len(parameters) == 1 and getattr(model, TRANSPOSED_WEIGHT_COLUMN, False)
-        optimizer = flatten(build_optimizer, parameters, transposed)
+        optimizer = flatten(build_optimizer, parameters, transposed_weight_column(model, parameters))
     lean_zero_grad(optimizer)  # a flattened one has its own
     precision = mixed_precision(trainer.precision, device, dtype, optimizer)
 

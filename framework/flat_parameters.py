@@ -72,12 +72,18 @@ def can_flatten(model: torch.nn.Module, parameters: list[torch.nn.Parameter], op
         return False
     if not getattr(model, DENSE_GRADIENTS, False):
         return False
-    if len(parameters) < 2 and not (getattr(model, TRANSPOSED_WEIGHT_COLUMN, False) and len(parameters) == 1
-                                    and parameters[0].dim() == 2 and parameters[0].shape[0] == 1):
+    if len(parameters) < 2 and not transposed_weight_column(model, parameters):
         return False
     first = parameters[0]
     return all(p.device == first.device and p.dtype == first.dtype and p.layout == torch.strided
                and p.grad is None for p in parameters)
+
+
+def transposed_weight_column(model: torch.nn.Module, parameters: list[torch.nn.Parameter]) -> bool:
+    """Whether ``parameters`` are the one (1, n) weight of a model that declares
+    TRANSPOSED_WEIGHT_COLUMN: its flat tensor is then laid out as the weight's transpose."""
+    return (getattr(model, TRANSPOSED_WEIGHT_COLUMN, False) and len(parameters) == 1
+            and parameters[0].dim() == 2 and parameters[0].shape[0] == 1)
 
 
 class FlatParameters:
